@@ -1,0 +1,19 @@
+"""Attention mechanisms: one module per mechanism, each a functional core plus a thin module.
+
+- :mod:`~qattn.attention.shared_score`: the paper's shared-score quaternion attention.
+- :mod:`~qattn.attention.hamilton`: Tay et al.'s component-wise (Hamilton) attention.
+- :mod:`~qattn.attention.multihead`: ``QuaternionMultiheadAttention`` (either score).
+"""
+
+from qattn.attention.hamilton import hamilton_attention, hamilton_scores, hamilton_scores_reference
+from qattn.attention.multihead import QuaternionMultiheadAttention
+from qattn.attention.shared_score import shared_score_attention, shared_scores
+
+__all__ = [
+    "QuaternionMultiheadAttention",
+    "hamilton_attention",
+    "hamilton_scores",
+    "hamilton_scores_reference",
+    "shared_score_attention",
+    "shared_scores",
+]

@@ -1,0 +1,212 @@
+"""``QuaternionMultiheadAttention``: the multi-head layer around the shared and Hamilton cores.
+
+Queries, keys and values come from :class:`~qattn.layers.QuaternionLinear` projections; the
+output goes through one more. The score variant is a constructor argument (``score="shared"``
+or ``"hamilton"``), so two layers that differ only in their scores have identical parameters
+and, built under the same seed, identical initial values.
+
+Head layout (``head_split``)
+----------------------------
+``"components"`` (default): each head owns ``d_h = embed_dim / (4·num_heads)`` quaternion units
+of EVERY component; heads are cut inside each component block::
+
+    (B, N, 4·n) → (B, N, 4, H, d_h) → (B, H, N, 4, d_h)
+
+``"release"``: the official release's layout, kept as a named ablation. Heads are cut straight
+from the blocked vector, head ``h`` takes the slice ``[h·E/H, (h+1)·E/H)``, read as ``(4, d_h)``.
+With ``embed_dim = 64`` and 4 heads, head ``h`` then sees only quaternion component ``h``, and
+its "shared" score is a single-component dot product.
+
+Interface and masks follow ``torch.nn.MultiheadAttention``: inputs ``(N, B, E)`` (or
+``(B, N, E)`` with ``batch_first=True``, or unbatched ``(N, E)``); a bool mask is True where
+attention is NOT allowed and a float mask is added to the scores; ``attn_mask`` is ``(N, S)`` or
+``(B·num_heads, N, S)``; ``key_padding_mask`` is ``(B, S)``. Differences: ``is_causal=True``
+without ``attn_mask`` applies the causal mask (torch raises instead); a query whose keys are
+all masked gets a zero output (torch gives NaN); returned weights are taken before dropout.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from qattn.attention import _masks
+from qattn.attention.hamilton import hamilton_attention
+from qattn.attention.shared_score import shared_score_attention
+from qattn.layers import QuaternionLinear
+
+__all__ = ["QuaternionMultiheadAttention", "SCORES", "HEAD_SPLITS"]
+
+ScoreName = Literal["shared", "hamilton"]
+HeadSplit = Literal["components", "release"]
+SCORES = ("shared", "hamilton")
+HEAD_SPLITS = ("components", "release")
+_CORES = {"shared": shared_score_attention, "hamilton": hamilton_attention}
+
+
+class QuaternionMultiheadAttention(nn.Module):
+    """Multi-head quaternion attention with shared (one softmax) or Hamilton (four softmaxes) scores.
+
+    Parameters
+    ----------
+    embed_dim : model width in real units; a multiple of ``4·num_heads``.
+    num_heads : number of heads; each has ``d_h = embed_dim / (4·num_heads)`` quaternion units.
+    score : ``"shared"`` (Re(q ⊗ k̄), one softmax shared by the 4 components) or ``"hamilton"``
+        (Tay et al.: four Hamilton-product score maps, four softmaxes).
+    head_split : ``"components"`` (default) or ``"release"`` (ablation, see the module docstring).
+    dropout : dropout probability on the attention weights, active only in training mode.
+    bias : learnable biases in the four projections.
+    batch_first : inputs are ``(B, N, E)`` instead of ``(N, B, E)``.
+
+    Forward returns ``(output, weights)``; weights are ``(B, H, N, S)`` for shared scores and
+    ``(B, H, 4, N, S)`` for Hamilton scores, averaged over heads to ``(B, N, S)`` /
+    ``(B, 4, N, S)`` when ``average_attn_weights`` is True, or ``None`` if not ``need_weights``.
+
+    Examples
+    --------
+    >>> torch.manual_seed(0) is not None
+    True
+    >>> mha = QuaternionMultiheadAttention(64, 4, score="shared", batch_first=True)
+    >>> x = torch.randn(2, 10, 64)
+    >>> out, w = mha(x, x, x)
+    >>> out.shape, w.shape
+    (torch.Size([2, 10, 64]), torch.Size([2, 10, 10]))
+    >>> out, w = QuaternionMultiheadAttention(64, 4, score="hamilton", batch_first=True)(x, x, x)
+    >>> w.shape
+    torch.Size([2, 4, 10, 10])
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        score: ScoreName = "shared",
+        head_split: HeadSplit = "components",
+        dropout: float = 0.0,
+        bias: bool = True,
+        batch_first: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_heads, int) or num_heads <= 0:
+            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+        if not isinstance(embed_dim, int) or embed_dim <= 0 or embed_dim % (4 * num_heads) != 0:
+            raise ValueError(
+                f"embed_dim must be a positive multiple of 4·num_heads = {4 * num_heads} "
+                f"(each head needs whole quaternion units of every component), got {embed_dim!r}"
+            )
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if head_split not in HEAD_SPLITS:
+            raise ValueError(f"head_split must be one of {HEAD_SPLITS}, got {head_split!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_units = embed_dim // (4 * num_heads)
+        self.score, self.head_split = score, head_split
+        self.dropout, self.batch_first = dropout, batch_first
+        factory = {"bias": bias, "device": device, "dtype": dtype}
+        self.q_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
+        self.k_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
+        self.v_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
+        self.out_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={self.score!r}, head_split={self.head_split!r}"
+
+    # -- head layout -------------------------------------------------------------------------
+    def split_heads(self, x: Tensor) -> Tensor:
+        """``(B, L, E)`` → ``(B, H, L, 4, d_h)`` according to ``head_split``."""
+        h, d = self.num_heads, self.head_units
+        if self.head_split == "components":
+            return x.unflatten(-1, (4, h, d)).permute(0, 3, 1, 2, 4)
+        return x.unflatten(-1, (h, 4, d)).permute(0, 2, 1, 3, 4)
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`split_heads`: ``(B, H, L, 4, d_v)`` → ``(B, L, E)``."""
+        if self.head_split == "components":
+            return x.permute(0, 2, 3, 1, 4).flatten(2)
+        return x.permute(0, 2, 1, 3, 4).flatten(2)
+
+    # -- masks -------------------------------------------------------------------------------
+    def _merge_masks(
+        self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, b: int, n: int, s: int, dtype: torch.dtype
+    ) -> Tensor | None:
+        """User masks → one additive mask broadcastable to ``(B, H, N, S)``."""
+        mask = None
+        if attn_mask is not None:
+            _masks.check_mask_dtype(attn_mask, "attn_mask")
+            if attn_mask.shape == (n, s):
+                mask = _masks.to_additive(attn_mask, dtype)
+            elif attn_mask.shape == (b * self.num_heads, n, s):
+                mask = _masks.to_additive(attn_mask, dtype).unflatten(0, (b, self.num_heads))
+            else:
+                raise ValueError(
+                    f"attn_mask must have shape (N, S) = ({n}, {s}) or (B·num_heads, N, S) = "
+                    f"({b * self.num_heads}, {n}, {s}), got {tuple(attn_mask.shape)}"
+                )
+        if key_padding_mask is not None:
+            _masks.check_mask_dtype(key_padding_mask, "key_padding_mask")
+            if key_padding_mask.shape != (b, s):
+                raise ValueError(f"key_padding_mask must have shape (B, S) = ({b}, {s}), got {tuple(key_padding_mask.shape)}")
+            padding = _masks.to_additive(key_padding_mask, dtype)[:, None, None, :]
+            mask = padding if mask is None else mask + padding
+        return mask
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend ``query`` to ``key``/``value``; shapes and masks as in ``nn.MultiheadAttention``."""
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError(
+                "query, key and value must all be 3-D (batched) or all 2-D (unbatched), got shapes "
+                f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+            )
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        b, n, e = query.shape
+        s = key.shape[1]
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.shape[-1] != self.embed_dim:
+                raise ValueError(f"{name} must have last dimension embed_dim={self.embed_dim}, got {t.shape[-1]}")
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != b:
+            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must share batch and length with query batch {b}")
+
+        mask = self._merge_masks(attn_mask, key_padding_mask, b, n, s, query.dtype)
+        q = self.split_heads(self.q_proj(query))
+        k = self.split_heads(self.k_proj(key))
+        v = self.split_heads(self.v_proj(value))
+        out, weights = _CORES[self.score](
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            need_weights=need_weights,
+        )
+        out = self.out_proj(self.merge_heads(out))
+
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(dim=1)
+        if unbatched:
+            out = out.squeeze(0)
+            weights = weights.squeeze(0) if weights is not None else None
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights

@@ -34,8 +34,11 @@ def combine(attn_mask: Tensor | None, is_causal: bool, n: int, s: int, dtype: to
     mask = None
     if attn_mask is not None:
         check_mask_dtype(attn_mask, "attn_mask")
-        if attn_mask.dim() < 2 or attn_mask.shape[-2:] != (n, s):
-            raise ValueError(f"attn_mask must end in (N, S) = ({n}, {s}), got shape {tuple(attn_mask.shape)}")
+        tail = tuple(attn_mask.shape[-2:])
+        if attn_mask.dim() < 2 or attn_mask.dim() > 4 or any(t not in (1, full) for t, full in zip(tail, (n, s))):
+            raise ValueError(
+                f"attn_mask must be broadcastable to (B, H, N, S) with (N, S) = ({n}, {s}), got shape {tuple(attn_mask.shape)}"
+            )
         mask = to_additive(attn_mask, dtype)
     if is_causal:
         causal = causal_mask(n, s, dtype, device)

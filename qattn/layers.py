@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from qattn.quaternion import left_matrix
 
 __all__ = [
+    "BlockCache",
     "quaternion_init_",
     "QuaternionLinear",
     "QuaternionConv1d",
@@ -87,6 +88,31 @@ def quaternion_init_(
         w.copy_(value.to(dtype=dtype, device=device))
 
 
+class BlockCache:
+    """Caches a tensor assembled from parameters while no gradient can flow through it.
+
+    When autograd is off (``torch.no_grad`` / ``torch.inference_mode``) or no source parameter
+    requires grad, the assembled tensor is rebuilt only when a parameter changed: the key is
+    each parameter's storage pointer and in-place version counter, which optimiser steps and
+    ``load_state_dict`` increment. With autograd on, it is rebuilt at every call (the graph must
+    reach the parameters).
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: Tensor | None = None
+
+    def get(self, params: tuple[Tensor, ...], build) -> Tensor:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return build()
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if key != self._key or self._value is None:
+            with torch.no_grad():
+                self._value = build()
+            self._key = key
+        return self._value
+
+
 class _QuaternionWeights(nn.Module):
     """Holds ``weight_r, weight_i, weight_j, weight_k`` of shape ``(out/4, in/4, *kernel)`` and a bias."""
 
@@ -115,6 +141,7 @@ class _QuaternionWeights(nn.Module):
         self.weight_k = nn.Parameter(torch.empty(shape, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self._fans = (n_in * math.prod(kernel), n_out * math.prod(kernel))
+        self._block_cache = BlockCache()
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -128,8 +155,11 @@ class _QuaternionWeights(nn.Module):
         return (self.weight_r, self.weight_i, self.weight_j, self.weight_k)
 
     def block_weight(self) -> Tensor:
-        """The assembled real weight ``(out, in, *kernel)``: :func:`~qattn.quaternion.left_matrix` of the components."""
-        return left_matrix(*self.components())
+        """The assembled real weight ``(out, in, *kernel)``: :func:`~qattn.quaternion.left_matrix` of the components.
+
+        Without autograd (inference) it is assembled once and reused until a weight changes.
+        """
+        return self._block_cache.get(self.components(), lambda: left_matrix(*self.components()))
 
 
 class QuaternionLinear(_QuaternionWeights):

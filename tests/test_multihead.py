@@ -258,3 +258,41 @@ def test_bad_forward_inputs():
         layer(torch.randn(2, 5, 16, 1), x, x)
     with pytest.raises(ValueError, match="share batch and length"):
         layer(x, x, torch.randn(2, 4, 16))
+
+
+@pytest.mark.parametrize("score", ["shared", "hamilton"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_self_attention_fast_path_is_one_fused_projection_with_unchanged_outputs(score, batch_first, monkeypatch):
+    layer = make_layer(32, 2, score=score, batch_first=batch_first).train()
+    x = torch.randn((3, 6, 32) if batch_first else (6, 3, 32), dtype=torch.float64, requires_grad=True)
+    padding = torch.zeros(3, 6, dtype=torch.bool)
+    padding[2, 3:] = True
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(a[1].shape) or linear(*a, **k))
+    fused, w_fused = layer(x, x, x, key_padding_mask=padding)
+    assert calls == [(96, 32), (32, 32)], "self-attention: one (3E, E) projection, then the output projection"
+    calls.clear()
+    separate, w_sep = layer(x, x.clone(), x.clone(), key_padding_mask=padding)
+    assert len(calls) == 4
+    assert torch.allclose(fused, separate, atol=1e-12) and torch.allclose(w_fused, w_sep, atol=1e-12)
+    g_fused = torch.autograd.grad(fused.square().sum(), [x, *layer.parameters()])
+    g_sep = torch.autograd.grad(separate.square().sum(), [x, *layer.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(g_fused, g_sep))
+
+
+def test_block_matrices_are_cached_only_without_autograd():
+    layer = make_layer(16, 1)
+    proj = layer.q_proj
+    with torch.no_grad():
+        first = proj.block_weight()
+        assert proj.block_weight() is first
+        assert layer._fused_qkv()[0].data_ptr() == layer._fused_qkv()[0].data_ptr()  # same cached storage
+        proj.weight_i.add_(1.0)  # an in-place update (as an optimiser step) invalidates the cache
+        rebuilt = proj.block_weight()
+        assert rebuilt is not first and torch.equal(rebuilt[16 // 4:2 * 16 // 4, :16 // 4], proj.weight_i)
+        x = torch.randn(1, 4, 16, dtype=torch.float64)
+        cached_out = layer(x, x, x)[0]
+    with_grad = proj.block_weight()
+    assert with_grad.grad_fn is not None and with_grad is not proj.block_weight()
+    assert torch.allclose(layer(x, x, x)[0], cached_out, atol=1e-12)

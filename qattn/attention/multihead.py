@@ -30,12 +30,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qattn.attention import _masks
 from qattn.attention.hamilton import hamilton_attention
 from qattn.attention.shared_score import shared_score_attention
-from qattn.layers import QuaternionLinear
+from qattn.layers import BlockCache, QuaternionLinear
 
 __all__ = ["QuaternionMultiheadAttention", "SCORES", "HEAD_SPLITS"]
 
@@ -113,6 +114,7 @@ class QuaternionMultiheadAttention(nn.Module):
         self.k_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self.v_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self.out_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
+        self._qkv_cache = BlockCache()
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={self.score!r}, head_split={self.head_split!r}"
@@ -130,6 +132,38 @@ class QuaternionMultiheadAttention(nn.Module):
         if self.head_split == "components":
             return x.permute(0, 2, 3, 1, 4).flatten(2)
         return x.permute(0, 2, 1, 3, 4).flatten(2)
+
+    # -- projections -------------------------------------------------------------------------
+    def _qkv_parameters(self) -> tuple[Tensor, ...]:
+        params = []
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            params.extend(proj.components())
+            if proj.bias is not None:
+                params.append(proj.bias)
+        return tuple(params)
+
+    def _fused_qkv(self) -> tuple[Tensor, Tensor | None]:
+        """The three block matrices stacked ``(3E, E)`` and biases ``(3E,)``, for self-attention."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+
+        def build() -> Tensor:
+            weight = torch.cat([p.block_weight() for p in projections])
+            if self.q_proj.bias is None:
+                return weight
+            bias = torch.cat([p.bias for p in projections])
+            return torch.cat([weight, bias[:, None]], dim=1)  # bias as an extra column
+
+        packed = self._qkv_cache.get(self._qkv_parameters(), build)
+        if self.q_proj.bias is None:
+            return packed, None
+        return packed[:, :-1], packed[:, -1]
+
+    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Quaternion projections of ``(B, L, E)`` inputs; one fused ``F.linear`` when all three are the same tensor."""
+        if query is key and key is value:
+            weight, bias = self._fused_qkv()
+            return F.linear(query, weight, bias).chunk(3, dim=-1)
+        return self.q_proj(query), self.k_proj(key), self.v_proj(value)
 
     # -- masks -------------------------------------------------------------------------------
     def _merge_masks(
@@ -175,12 +209,15 @@ class QuaternionMultiheadAttention(nn.Module):
                 f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
             )
         unbatched = query.dim() == 2
+        self_attention = query is key and key is value  # keep the identity through the reshapes
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        if self_attention:
+            key = value = query
         b, n, e = query.shape
         s = key.shape[1]
         for name, t in (("query", query), ("key", key), ("value", value)):
@@ -190,9 +227,7 @@ class QuaternionMultiheadAttention(nn.Module):
             raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must share batch and length with query batch {b}")
 
         mask = self._merge_masks(attn_mask, key_padding_mask, b, n, s, query.dtype)
-        q = self.split_heads(self.q_proj(query))
-        k = self.split_heads(self.k_proj(key))
-        v = self.split_heads(self.v_proj(value))
+        q, k, v = (self.split_heads(t) for t in self.project(query, key, value))
         out, weights = _CORES[self.score](
             q, k, v,
             attn_mask=mask,

@@ -1,0 +1,107 @@
+"""qattn.provenance: atomic writes, reuse by config and code version, FRESH=1, provenance fields."""
+
+import json
+
+import pytest
+
+from qattn import provenance
+from qattn.provenance import code_version, read_json, run_cached, write_json_atomic
+
+
+class Counter:
+    """A run function that counts its calls and returns a seeded-looking metric."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, config):
+        self.calls += 1
+        return {"score": config["n"] * 2, "calls": self.calls}
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(ValueError):
+        write_json_atomic(path, {"a": float("nan")})  # not valid JSON: refused before the rename
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert read_json(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"], "no temporary file left behind"
+
+
+def test_a_failing_run_keeps_the_previous_results(tmp_path):
+    run_cached("exp", {"n": 1}, Counter(), tmp_path, fresh=True)
+    before = (tmp_path / "exp.json").read_text()
+
+    def broken(config):
+        raise RuntimeError("diverged")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        run_cached("exp", {"n": 2}, broken, tmp_path)
+    assert (tmp_path / "exp.json").read_text() == before
+
+
+def test_reuse_on_same_config_and_code_version(tmp_path, monkeypatch):
+    monkeypatch.delenv("FRESH", raising=False)
+    run = Counter()
+    first = run_cached("exp", {"n": 3, "shape": (2, 4)}, run, tmp_path)
+    second = run_cached("exp", {"n": 3, "shape": [2, 4]}, run, tmp_path)
+    assert run.calls == 1 and second == first
+    assert first["config"] == {"n": 3, "shape": [2, 4]}
+    run_cached("exp", {"n": 4, "shape": [2, 4]}, run, tmp_path)
+    assert run.calls == 2, "a different config runs again"
+
+
+def test_a_new_code_version_runs_again(tmp_path, monkeypatch):
+    monkeypatch.delenv("FRESH", raising=False)
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_text("{}")
+    run = Counter()
+    run_cached("exp", {"n": 1}, run, tmp_path / "out", extra_files=[notebook])
+    run_cached("exp", {"n": 1}, run, tmp_path / "out", extra_files=[notebook])
+    assert run.calls == 1
+    notebook.write_text('{"changed": true}')
+    run_cached("exp", {"n": 1}, run, tmp_path / "out", extra_files=[notebook])
+    assert run.calls == 2
+
+
+def test_fresh_env_and_argument_force_a_new_run(tmp_path, monkeypatch):
+    run = Counter()
+    monkeypatch.delenv("FRESH", raising=False)
+    run_cached("exp", {"n": 1}, run, tmp_path)
+    monkeypatch.setenv("FRESH", "1")
+    result = run_cached("exp", {"n": 1}, run, tmp_path)
+    assert run.calls == 2 and result["metrics"]["calls"] == 2
+    assert read_json(tmp_path / "exp.json")["metrics"]["calls"] == 2
+    run_cached("exp", {"n": 1}, run, tmp_path, fresh=False)  # the argument wins over FRESH
+    assert run.calls == 2
+    monkeypatch.setenv("FRESH", "0")
+    run_cached("exp", {"n": 1}, run, tmp_path, fresh=True)
+    assert run.calls == 3
+
+
+def test_provenance_fields(tmp_path):
+    result = run_cached("exp", {"n": 1}, Counter(), tmp_path, fresh=True)
+    stored = json.loads((tmp_path / "exp.json").read_text())
+    assert stored == result
+    assert set(stored) == {"name", "config", "metrics", "provenance"}
+    prov = stored["provenance"]
+    for field in ("code_version", "git_commit", "git_dirty", "date", "wall_time_s", "python",
+                  "packages", "cpu", "cpu_count", "threads", "platform"):
+        assert field in prov, field
+    assert prov["code_version"] == code_version()
+    assert prov["wall_time_s"] >= 0 and prov["threads"] >= 1
+    assert {"torch", "numpy", "qattn"} <= set(prov["packages"])
+    assert prov["date"].endswith("+00:00")
+    if provenance._git("rev-parse", "HEAD") is not None:  # inside a git checkout
+        assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
+
+
+def test_code_version_covers_the_package_and_extra_files(tmp_path):
+    extra = tmp_path / "x.ipynb"
+    extra.write_text("a")
+    v1 = code_version([extra])
+    assert v1 != code_version() and len(v1) == 16
+    extra.write_text("b")
+    assert code_version([extra]) != v1

@@ -287,7 +287,7 @@ def test_block_matrices_are_cached_only_without_autograd():
     with torch.no_grad():
         first = proj.block_weight()
         assert proj.block_weight() is first
-        assert layer._fused_qkv()[0].data_ptr() == layer._fused_qkv()[0].data_ptr()  # same cached storage
+        assert layer._packed_qkv()[0].data_ptr() == layer._packed_qkv()[0].data_ptr()  # same cached storage
         proj.weight_i.add_(1.0)  # an in-place update (as an optimiser step) invalidates the cache
         rebuilt = proj.block_weight()
         assert rebuilt is not first and torch.equal(rebuilt[16 // 4:2 * 16 // 4, :16 // 4], proj.weight_i)

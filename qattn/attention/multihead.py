@@ -38,13 +38,29 @@ from qattn.attention.hamilton import hamilton_attention
 from qattn.attention.shared_score import shared_score_attention
 from qattn.layers import BlockCache, QuaternionLinear
 
-__all__ = ["QuaternionMultiheadAttention", "SCORES", "HEAD_SPLITS"]
+__all__ = ["QuaternionMultiheadAttention", "head_order", "SCORES", "HEAD_SPLITS"]
 
 ScoreName = Literal["shared", "hamilton"]
 HeadSplit = Literal["components", "release"]
 SCORES = ("shared", "hamilton")
 HEAD_SPLITS = ("components", "release")
 _CORES = {"shared": shared_score_attention, "hamilton": hamilton_attention}
+
+
+def head_order(embed_dim: int, num_heads: int, head_split: str, device: torch.device | str | None = None) -> Tensor:
+    """Blocked feature index of each position in head-major order ``(H, 4, d_h)``.
+
+    ``x[..., head_order(...)]`` reorders a blocked ``(..., E)`` tensor so that head ``h`` owns
+    the contiguous slice ``[h·E/H, (h+1)·E/H)``, read as ``(4, d_h)``.
+
+    >>> head_order(16, 2, "components").tolist()   # head 0: r0 r1 i0 i1 j0 j1 k0 k1
+    [0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15]
+    """
+    d = embed_dim // (4 * num_heads)
+    if head_split == "release":
+        return torch.arange(embed_dim, device=device)
+    idx = torch.arange(embed_dim, device=device).view(4, num_heads, d)  # blocked: (component, head, unit)
+    return idx.transpose(0, 1).flatten()
 
 
 class QuaternionMultiheadAttention(nn.Module):
@@ -114,7 +130,8 @@ class QuaternionMultiheadAttention(nn.Module):
         self.k_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self.v_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self.out_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
-        self._qkv_cache = BlockCache()
+        self._qkv_cache, self._out_cache = BlockCache(), BlockCache()
+        self.register_buffer("_head_order", head_order(embed_dim, num_heads, head_split, device), persistent=False)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={self.score!r}, head_split={self.head_split!r}"
@@ -134,35 +151,56 @@ class QuaternionMultiheadAttention(nn.Module):
         return x.permute(0, 2, 1, 3, 4).flatten(2)
 
     # -- projections -------------------------------------------------------------------------
-    def _qkv_parameters(self) -> tuple[Tensor, ...]:
-        params = []
-        for proj in (self.q_proj, self.k_proj, self.v_proj):
+    # forward never permutes activations: the projection weights' rows (and the output
+    # projection's columns) are reordered once into head-major order (H, 4, d_h), so that the
+    # projected tensors split into heads as views, exactly as in torch's MultiheadAttention.
+    def _projection_parameters(self, projections: tuple[QuaternionLinear, ...]) -> tuple[Tensor, ...]:
+        params: list[Tensor] = []
+        for proj in projections:
             params.extend(proj.components())
             if proj.bias is not None:
                 params.append(proj.bias)
         return tuple(params)
 
-    def _fused_qkv(self) -> tuple[Tensor, Tensor | None]:
-        """The three block matrices stacked ``(3E, E)`` and biases ``(3E,)``, for self-attention."""
+    def _packed_qkv(self) -> tuple[Tensor, Tensor | None]:
+        """q, k, v block matrices with rows in head-major order, stacked ``(3E, E)``, and biases ``(3E,)``."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
+        order = self._head_order
 
         def build() -> Tensor:
-            weight = torch.cat([p.block_weight() for p in projections])
+            weight = torch.cat([p.block_weight()[order] for p in projections])
             if self.q_proj.bias is None:
                 return weight
-            bias = torch.cat([p.bias for p in projections])
+            bias = torch.cat([p.bias[order] for p in projections])
             return torch.cat([weight, bias[:, None]], dim=1)  # bias as an extra column
 
-        packed = self._qkv_cache.get(self._qkv_parameters(), build)
+        packed = self._qkv_cache.get(self._projection_parameters(projections), build)
         if self.q_proj.bias is None:
             return packed, None
         return packed[:, :-1], packed[:, -1]
 
-    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Quaternion projections of ``(B, L, E)`` inputs; one fused ``F.linear`` when all three are the same tensor."""
+    def _output_weight(self) -> Tensor:
+        """Output block matrix with columns in head-major order ``(E, E)``."""
+        comps = self.out_proj.components()
+        return self._out_cache.get(comps, lambda: self.out_proj.block_weight()[:, self._head_order])
+
+    def _project_heads(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(B, L, E)`` inputs → q, k, v as ``(B, H, L, 4, d_h)`` views; ONE fused ``F.linear``
+        for self-attention (query, key and value the same tensor), one per input otherwise."""
+        weight, bias = self._packed_qkv()
         if query is key and key is value:
-            weight, bias = self._fused_qkv()
-            return F.linear(query, weight, bias).chunk(3, dim=-1)
+            projected = F.linear(query, weight, bias).chunk(3, dim=-1)
+        else:
+            e = self.embed_dim
+            projected = tuple(
+                F.linear(t, weight[i * e:(i + 1) * e], None if bias is None else bias[i * e:(i + 1) * e])
+                for i, t in enumerate((query, key, value))
+            )
+        h, d = self.num_heads, self.head_units
+        return tuple(t.unflatten(-1, (h, 4, d)).transpose(1, 2) for t in projected)  # type: ignore[return-value]
+
+    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The three quaternion projections of ``(B, L, E)`` inputs, as ``(B, L, E)`` blocked tensors."""
         return self.q_proj(query), self.k_proj(key), self.v_proj(value)
 
     # -- masks -------------------------------------------------------------------------------
@@ -227,7 +265,7 @@ class QuaternionMultiheadAttention(nn.Module):
             raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must share batch and length with query batch {b}")
 
         mask = self._merge_masks(attn_mask, key_padding_mask, b, n, s, query.dtype)
-        q, k, v = (self.split_heads(t) for t in self.project(query, key, value))
+        q, k, v = self._project_heads(query, key, value)
         out, weights = _CORES[self.score](
             q, k, v,
             attn_mask=mask,
@@ -235,7 +273,7 @@ class QuaternionMultiheadAttention(nn.Module):
             is_causal=is_causal,
             need_weights=need_weights,
         )
-        out = self.out_proj(self.merge_heads(out))
+        out = F.linear(out.transpose(1, 2).flatten(2), self._output_weight(), self.out_proj.bias)
 
         if weights is not None and average_attn_weights:
             weights = weights.mean(dim=1)

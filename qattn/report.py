@@ -47,11 +47,22 @@ __all__ = [
     "compare_one",
     "compare",
     "to_markdown",
+    "provenance_markdown",
+    "reference_dir_for",
 ]
 
 KINDS = ("exact", "relative", "ratio")
 #: The committed reference results of the full profile (``results/`` at the repository root).
 REFERENCE_DIR = REPO_DIR / "results"
+
+
+def reference_dir_for(profile: str) -> Path:
+    """The committed reference of a profile: ``results/`` for ``full``, ``results/<profile>/`` otherwise.
+
+    >>> reference_dir_for("full") == REFERENCE_DIR, reference_dir_for("ci").name
+    (True, 'ci')
+    """
+    return REFERENCE_DIR if profile == "full" else REFERENCE_DIR / profile
 
 
 def headline(
@@ -231,5 +242,22 @@ def to_markdown(rows: Iterable[Row]) -> str:
         lines.append(
             f"| {r.experiment} | {r.name} | {r.kind} | {_fmt(r.value)} | {_fmt(r.reference)} | "
             f"{_fmt(r.paper)} | {tol} | {r.target or '–'} | {verdict[r.holds]} |"
+        )
+    return "\n".join(lines)
+
+
+def provenance_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Where each result of ``results`` (as from :func:`load_results`) comes from, as a Markdown table."""
+    lines = [
+        "| experiment | code version | git commit | dirty | date (UTC) | CPU | threads | wall time (s) |",
+        "| --- | --- | --- | :---: | --- | --- | ---: | ---: |",
+    ]
+    for name, data in results.items():
+        p = data.get("provenance", {})
+        commit = (p.get("git_commit") or "–")[:10]
+        dirty = {True: "yes", False: "no"}.get(p.get("git_dirty"), "–")
+        lines.append(
+            f"| {name} | {p.get('code_version', '–')} | {commit} | {dirty} | {p.get('date', '–')} | "
+            f"{p.get('cpu', '–')} | {p.get('threads', '–')} | {_fmt(p.get('wall_time_s'))} |"
         )
     return "\n".join(lines)

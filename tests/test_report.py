@@ -88,3 +88,15 @@ def test_compare_against_reference_and_paper(tmp_path):
     md = to_markdown(rows)
     assert md.count("\n") == len(rows) + 1
     assert "| b_speech | PESQ | relative | 3 | 2.5 | 3.18 | ±5% | reference | **no** |" in md
+
+
+def test_reference_dir_and_provenance_table(tmp_path):
+    from qattn.report import REFERENCE_DIR, provenance_markdown, reference_dir_for
+
+    assert reference_dir_for("full") == REFERENCE_DIR and reference_dir_for("ci") == REFERENCE_DIR / "ci"
+    write(tmp_path, "exp", [])
+    results = load_results(tmp_path)
+    results["exp"]["provenance"] = {"code_version": "abc", "git_commit": "0123456789abcdef", "git_dirty": False,
+                                    "cpu": "cpu", "threads": 2, "wall_time_s": 1.5, "date": "d"}
+    table = provenance_markdown(results)
+    assert table.splitlines()[-1] == "| exp | abc | 0123456789 | no | d | cpu | 2 | 1.5 |"

@@ -103,12 +103,12 @@ class BenchConfig:
                 repeats=3,
                 backward_max_length=256,
                 reference_max_length=256,
-                memory_lengths=[128, 512],
+                memory_lengths=[512],
                 memory_variants=["shared", "hamilton_maps", "core_shared", "core_hamilton_maps"],
                 longest_variants=["core_shared", "core_hamilton_maps"],
-                memory_cap_gb=0.25,
-                longest_time_limit_s=2.0,
-                longest_start=256,
+                memory_cap_gb=0.125,
+                longest_time_limit_s=1.0,
+                longest_start=512,
             )
         else:
             raise ValueError(f"profile must be 'ci' or 'full', got {profile!r}")

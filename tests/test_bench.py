@@ -61,6 +61,7 @@ def test_tiny_run_is_json_serialisable_with_headlines():
     assert {r["variant"] for r in result["timings"]} == set(cfg.variants)
     assert any("forward_backward" == r["mode"] for r in result["timings"])
     names = [h["name"] for h in result["headline"]]
-    assert "shared / torch MHA forward time, N=256" in names and "hamilton / shared forward time, N=256" in names
+    assert "shared / torch MHA forward time, worst N >= 256 (N=256)" in names and "hamilton / shared forward time, N=256" in names
+    assert all(h["kind"] == "ratio" and isinstance(h["target_met"], bool) for h in result["headline"])
     assert result["machine"]["flops_per_s"] > 0 and all(0 < a["fraction_of_matmul"] for a in result["achieved"])
     assert logs and "shared" in bench.format_table(result)

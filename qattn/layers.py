@@ -95,12 +95,17 @@ class BlockCache:
     requires grad, the assembled tensor is rebuilt only when a parameter changed: the key is
     each parameter's storage pointer and in-place version counter, which optimiser steps and
     ``load_state_dict`` increment. With autograd on, it is rebuilt at every call (the graph must
-    reach the parameters).
+    reach the parameters). Writing through ``param.data`` bypasses the version counter: after
+    such a write, call :meth:`clear`.
     """
 
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._value: Tensor | None = None
+
+    def clear(self) -> None:
+        """Forget the cached tensor."""
+        self._key, self._value = None, None
 
     def get(self, params: tuple[Tensor, ...], build) -> Tensor:
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):

@@ -296,3 +296,15 @@ def test_block_matrices_are_cached_only_without_autograd():
     with_grad = proj.block_weight()
     assert with_grad.grad_fn is not None and with_grad is not proj.block_weight()
     assert torch.allclose(layer(x, x, x)[0], cached_out, atol=1e-12)
+
+
+@pytest.mark.parametrize("score", ["shared", "hamilton"])
+def test_bfloat16_layer_matches_float64_loosely(score):
+    layer64 = make_layer(32, 2, score=score)
+    layer16 = QuaternionMultiheadAttention(32, 2, score=score, batch_first=True, dtype=torch.bfloat16)
+    layer16.load_state_dict({k: v.to(torch.bfloat16) for k, v in layer64.state_dict().items()})
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    ref, _ = layer64(x, x, x)
+    out, w = layer16.eval()(x.to(torch.bfloat16), x.to(torch.bfloat16), x.to(torch.bfloat16))
+    assert out.dtype == w.dtype == torch.bfloat16
+    assert torch.allclose(out.double(), ref, atol=0.15, rtol=0.05)

@@ -3,13 +3,16 @@
 - :mod:`~qattn.attention.shared_score`: the paper's shared-score quaternion attention.
 - :mod:`~qattn.attention.hamilton`: Tay et al.'s component-wise (Hamilton) attention.
 - :mod:`~qattn.attention.multihead`: ``QuaternionMultiheadAttention`` (either score).
+- :mod:`~qattn.attention.bilinear`: bilinear attention networks (BAN) and their quaternion variants.
 """
 
+from qattn.attention.bilinear import BilinearAttentionNetwork
 from qattn.attention.hamilton import hamilton_attention, hamilton_scores, hamilton_scores_reference
 from qattn.attention.multihead import QuaternionMultiheadAttention
 from qattn.attention.shared_score import shared_score_attention, shared_scores
 
 __all__ = [
+    "BilinearAttentionNetwork",
     "QuaternionMultiheadAttention",
     "hamilton_attention",
     "hamilton_scores",

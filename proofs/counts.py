@@ -30,7 +30,7 @@ Examples
 {'hamilton': 16, 'shared': 4}
 >>> x, y = sp.symbols("x y")
 >>> count_multiplications(x * x - 2 * x * y), sp.count_ops(x * x - 2 * x * y)
-(3, 5)
+(3, 4)
 """
 
 from __future__ import annotations

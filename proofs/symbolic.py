@@ -55,6 +55,7 @@ __all__ = [
     "projection_spec",
     "BlockSymbols",
     "block_symbols",
+    "block_queries_keys",
     "expand_block_score",
     "scalar_symbols",
     "scalar_projection",
@@ -204,8 +205,22 @@ def block_symbols(d: sp.Expr | int | None = None, d_h: sp.Expr | int | None = No
     )
 
 
-def _project_blocks(weights, inputs, spec) -> list[sp.MatrixExpr]:
-    return [sp.MatAdd(*[s * weights[c] * inputs[a] for s, c, a in spec[p]]) for p in range(4)]
+def block_queries_keys(
+    table: ProductTable = HAMILTON, projection: ProjectionKind = "premixed", symbols: BlockSymbols | None = None
+) -> tuple[list[sp.MatrixExpr], list[sp.MatrixExpr]]:
+    """The components ``q_p`` (from ``W``, ``x``) and ``k_n`` (from ``U``, ``y``) as block expressions.
+
+    >>> q, k = block_queries_keys()
+    >>> q[1]                                          # q_i = W_r x_i + W_i x_r + W_j x_k − W_k x_j
+    W_i*x_r + W_j*x_k - W_k*x_j + W_r*x_i
+    """
+    sym = symbols if symbols is not None else block_symbols()
+    spec = projection_spec(table, projection)
+
+    def project(weights, inputs) -> list[sp.MatrixExpr]:
+        return [sp.MatAdd(*[s * weights[c] * inputs[a] for s, c, a in spec[p]]) for p in range(4)]
+
+    return project(sym.W, sym.x), project(sym.U, sym.y)
 
 
 def _read_block_term(term: sp.MatrixExpr, index: Mapping[sp.MatrixSymbol, tuple[str, int]]) -> tuple[Term, int]:
@@ -243,9 +258,7 @@ def expand_block_score(
     ``{(a, b, c, c′): coefficient}`` for ``T(a, b, c, c′) = x_aᵀ W_cᵀ U_c′ y_b``.
     """
     sym = symbols if symbols is not None else block_symbols()
-    spec = projection_spec(table, projection)
-    q = _project_blocks(sym.W, sym.x, spec)
-    k = _project_blocks(sym.U, sym.y, spec)
+    q, k = block_queries_keys(table, projection, sym)
     score = sp.MatAdd(*[m * q[p].T * k[n] for m, p, n in form.pairs()])
     expanded = sp.expand(score)
     if isinstance(expanded, sp.ZeroMatrix) or expanded == 0:

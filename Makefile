@@ -1,13 +1,22 @@
 # The README's commands. `make test` and (with the book issue) `make book` set up on their own.
 PY := .venv/bin/python
 
-.PHONY: setup test lock clean
+PROFILE ?= full
+
+.PHONY: setup test book lock clean
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not book"
+	$(PY) scripts/build_book.py --profile ci
+	$(PY) -m pytest -q -m book
+	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-kernel-name python3 --nbval-cell-timeout 600 -p no:doctest book/generated
+
+# Execute every notebook of the book with papermill at PROFILE (full or ci) and build the HTML.
+book: setup
+	$(PY) scripts/build_book.py --profile $(PROFILE)
 
 # Re-pin every transitive dependency after changing requirements.txt.
 lock: setup
@@ -16,4 +25,4 @@ lock: setup
 	   $(PY) -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/'; } > constraints.txt
 
 clean:
-	rm -rf .venv build *.egg-info .hypothesis
+	rm -rf .venv build *.egg-info .hypothesis book/_build book/generated

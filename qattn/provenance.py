@@ -57,13 +57,31 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def _content(path: Path) -> bytes:
+    """What counts as code in a file: all of it, except for a notebook (see :func:`code_version`)."""
+    if path.suffix != ".ipynb":
+        return path.read_bytes()
+    cells = json.loads(path.read_text()).get("cells", [])
+    kept = [
+        [cell.get("cell_type"), "".join(cell.get("source", ""))]
+        for cell in cells
+        if "injected-parameters" not in cell.get("metadata", {}).get("tags", [])
+    ]
+    return json.dumps(kept).encode()
+
+
 def code_version(extra_files: Iterable[str | Path] = ()) -> str:
-    """SHA-256 (first 16 hex digits) of every ``qattn/**/*.py`` file plus ``extra_files`` (e.g. the notebook)."""
+    """SHA-256 (first 16 hex digits) of every ``qattn/**/*.py`` file plus ``extra_files`` (e.g. the notebook).
+
+    A notebook counts by the sources of its cells only: outputs, execution counts, metadata and the
+    cell papermill injects (tagged ``injected-parameters``) are left out, so a notebook and its
+    executed copy (``book/generated/``, where nbval re-runs it) have the same code version.
+    """
     digest = hashlib.sha256()
     files = sorted(PACKAGE_DIR.rglob("*.py")) + [Path(f) for f in extra_files]
     for f in files:
         digest.update(str(f.relative_to(REPO_DIR) if f.is_relative_to(REPO_DIR) else f.name).encode())
-        digest.update(f.read_bytes())
+        digest.update(_content(f))
     return digest.hexdigest()[:16]
 
 

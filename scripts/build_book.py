@@ -118,6 +118,8 @@ def execute_notebook(stem: str, profile: Profile, results_dir: Path) -> float:
         execution_timeout=profile.cell_timeout_s,
         progress_bar=False,
         log_output=False,
+        # The kernel's start-up notice about unencrypted loopback TCP is noise for a local build.
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     return time.perf_counter() - start
 

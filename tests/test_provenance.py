@@ -56,12 +56,12 @@ def test_reuse_on_same_config_and_code_version(tmp_path, monkeypatch):
 def test_a_new_code_version_runs_again(tmp_path, monkeypatch):
     monkeypatch.delenv("FRESH", raising=False)
     notebook = tmp_path / "nb.ipynb"
-    notebook.write_text("{}")
+    notebook.write_text('{"cells": [{"cell_type": "code", "source": "x = 1", "metadata": {}}]}')
     run = Counter()
     run_cached("exp", {"n": 1}, run, tmp_path / "out", extra_files=[notebook])
     run_cached("exp", {"n": 1}, run, tmp_path / "out", extra_files=[notebook])
     assert run.calls == 1
-    notebook.write_text('{"changed": true}')
+    notebook.write_text('{"cells": [{"cell_type": "code", "source": "x = 2", "metadata": {}}]}')
     run_cached("exp", {"n": 1}, run, tmp_path / "out", extra_files=[notebook])
     assert run.calls == 2
 
@@ -99,9 +99,27 @@ def test_provenance_fields(tmp_path):
 
 
 def test_code_version_covers_the_package_and_extra_files(tmp_path):
-    extra = tmp_path / "x.ipynb"
+    extra = tmp_path / "x.py"
     extra.write_text("a")
     v1 = code_version([extra])
     assert v1 != code_version() and len(v1) == 16
     extra.write_text("b")
     assert code_version([extra]) != v1
+
+
+def test_a_notebook_and_its_executed_copy_have_the_same_code_version(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    source, executed = tmp_path / "src" / "nb.ipynb", tmp_path / "run" / "nb.ipynb"
+    source.parent.mkdir(), executed.parent.mkdir()
+    nb = new_notebook(cells=[new_code_cell("profile = 'full'", metadata={"tags": ["parameters"]}), new_code_cell("print(1)")])
+    nbformat.write(nb, source)
+    run = new_notebook(cells=[nb.cells[0], new_code_cell("profile = 'ci'", metadata={"tags": ["injected-parameters"]}),
+                              new_code_cell("print(1)", execution_count=1, outputs=[new_output("stream", text="1\n")])],
+                       metadata={"papermill": {"duration": 1.0}})
+    nbformat.write(run, executed)
+    assert code_version([source]) == code_version([executed])
+    nb.cells[1].source = "print(2)"
+    nbformat.write(nb, source)
+    assert code_version([source]) != code_version([executed])

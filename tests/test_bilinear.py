@@ -136,3 +136,14 @@ def test_bad_arguments():
         BilinearAttentionNetwork(8, 8, 8, glimpses=0)
     with pytest.raises(ValueError, match=r"x must be \(B, ρ, d_x\)"):
         BilinearAttentionNetwork(8, 8, 8)(torch.randn(2, 8), torch.randn(2, 3, 8))
+
+
+@pytest.mark.parametrize("score", ["real", "hamilton"])
+def test_shared_images_through_y_index_equal_repeated_regions(score):
+    torch.manual_seed(5)
+    ban = BilinearAttentionNetwork(8, 8, hidden=8, glimpses=2, score=score).double()
+    x, y = torch.randn(5, 3, 8, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64)
+    index = torch.tensor([0, 0, 1, 1, 0])
+    joint, maps = ban(x, y, y_index=index)
+    joint_rep, maps_rep = ban(x, y[index])
+    assert torch.allclose(joint, joint_rep) and torch.allclose(maps, maps_rep)

@@ -144,27 +144,39 @@ class BilinearAttentionNetwork(nn.Module):
         self.proj = nn.ModuleList(linear(hidden, x_dim) for _ in range(glimpses))
         self.dropout = nn.Dropout(dropout)
 
-    def attention_maps(self, x: Tensor, y: Tensor, x_mask: Tensor | None = None, y_mask: Tensor | None = None) -> Tensor:
+    @staticmethod
+    def _regions(projected: Tensor, y_index: Tensor | None) -> Tensor:
+        return projected if y_index is None else projected[y_index]
+
+    def attention_maps(
+        self, x: Tensor, y: Tensor, x_mask: Tensor | None = None, y_mask: Tensor | None = None, y_index: Tensor | None = None
+    ) -> Tensor:
         """All glimpses' maps from the initial question states (joint softmax per map)."""
-        logits = bilinear_logits(F.relu(self.att_x(x)), F.relu(self.att_y(y)), self.p, self.bias, self.score)
+        y_att = self._regions(F.relu(self.att_y(y)), y_index)
+        logits = bilinear_logits(F.relu(self.att_x(x)), y_att, self.p, self.bias, self.score)
         return joint_softmax(logits, x_mask, y_mask)
 
-    def pool(self, g: int, f: Tensor, y: Tensor, att: Tensor) -> Tensor:
+    def pool(self, g: int, f: Tensor, y: Tensor, att: Tensor, y_index: Tensor | None = None) -> Tensor:
         """Glimpse ``g``'s pooled joint feature ``(B, K)`` of states ``f`` and regions ``y``."""
-        xf, yf = F.relu(self.pool_x[g](f)), F.relu(self.pool_y[g](y))
+        xf, yf = F.relu(self.pool_x[g](f)), self._regions(F.relu(self.pool_y[g](y)), y_index)
         if self.score != "hamilton":
             return bilinear_pooling(xf, yf, att)
         # map c pools quaternion component c of the K features (blocked layout r|i|j|k)
         xc, yc = xf.unflatten(-1, (4, -1)), yf.unflatten(-1, (4, -1))
         return torch.einsum("bick,bcij,bjck->bck", xc, att, yc).flatten(1)
 
-    def forward(self, x: Tensor, y: Tensor, x_mask: Tensor | None = None, y_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"x must be (B, ρ, d_x) and y (B, φ, d_y) with the same B, got {tuple(x.shape)} and {tuple(y.shape)}")
-        maps = self.attention_maps(x, y, x_mask, y_mask)
+    def forward(
+        self, x: Tensor, y: Tensor, x_mask: Tensor | None = None, y_mask: Tensor | None = None, y_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``y_index (B,)``, when given, maps each sample to its row of ``y (B_y, φ, d_y)``: several
+        questions about one image then share the image's region projections (computed once)."""
+        b_y = x.shape[0] if y_index is None else y_index.shape[0]
+        if x.dim() != 3 or y.dim() != 3 or x.shape[0] != b_y:
+            raise ValueError(f"x must be (B, ρ, d_x) and y (B, φ, d_y) with the same B (or y_index of length B), got {tuple(x.shape)} and {tuple(y.shape)}")
+        maps = self.attention_maps(x, y, x_mask, y_mask, y_index)
         f = x
         for g in range(self.glimpses):
-            f = self.proj[g](self.dropout(self.pool(g, f, y, maps[:, g]))).unsqueeze(1) + f
+            f = self.proj[g](self.dropout(self.pool(g, f, y, maps[:, g], y_index))).unsqueeze(1) + f
         if x_mask is not None:
             f = f.masked_fill(x_mask[..., None], 0.0)
         return f.sum(1), maps

@@ -33,8 +33,8 @@ controls.
 
 Examples
 --------
->>> record = prove()                                  # doctest: +SKIP
->>> record.sign_flips, [s.holds for s in record.statements]   # doctest: +SKIP
+>>> record = prove()
+>>> record.sign_flips, [s.holds for s in record.statements]
 (48, [True, True, True, True, True, True])
 """
 

@@ -133,8 +133,11 @@ def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False) -> dict
 
 
 def train_variant(variant: str, train: VQASet, val: VQASet, test: VQASet, vocab_size: int, cfg: ExperimentConfig, epochs: int, seed: int,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one variant with one seed; select on validation; evaluate the test split once."""
+                  log: Callable[[str], None] = print, examples: list[int] | None = None) -> dict[str, Any]:
+    """Train one variant with one seed; select on validation; evaluate the test split once.
+
+    ``examples``: test question ids whose attention maps (and predicted answers) are returned.
+    """
     torch.manual_seed(seed)
     model = build_model(variant, train, vocab_size, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -160,9 +163,26 @@ def train_variant(variant: str, train: VQASet, val: VQASet, test: VQASet, vocab_
     model.load_state_dict(best[1])
     wall = time.perf_counter() - start
     result = _evaluate(model, test, collect_maps=True)
+    if examples:
+        result["examples"] = _examples(model, test, examples)
     log(f"[vqa] {variant:14s} seed {seed}: val {best[0]:.3f} (epoch {best[2]}), test {result['accuracy']:.3f}  ({wall:.0f} s)")
     return {"seed": seed, "best_epoch": best[2], "val_accuracy": best[0], "train_time_s": wall, "curve": curve, **result,
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+@torch.no_grad()
+def _examples(model: VQAModel, data: VQASet, qids: list[int]) -> list[dict[str, Any]]:
+    """Attention maps of a few test questions, for the chapter's figures."""
+    model.eval()
+    out = []
+    for q in qids:
+        img = int(data.image_index[q])
+        logits, maps = model(torch.from_numpy(data.images[img:img + 1]), torch.from_numpy(data.questions[q:q + 1]), torch.zeros(1, dtype=torch.long))
+        n_tokens = int((data.questions[q] != 0).sum())
+        out.append({"question_id": int(q), "text": data.texts[q], "answer": data.answer_names[int(data.answers[q])],
+                    "predicted": data.answer_names[int(logits.argmax())],
+                    "maps": maps[0, ..., :n_tokens, :].tolist() if maps.dim() >= 4 else maps[0].tolist()})
+    return out
 
 
 def _logit_multiplications(variant: str, data: VQASet, vocab_size: int, cfg: ExperimentConfig) -> int | None:
@@ -190,6 +210,12 @@ def _time_inference(variants: list[str], data: VQASet, vocab_size: int, cfg: Exp
             if rep:
                 samples[v].append(time.perf_counter() - t0)
     return {v: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s)} for v, s in samples.items()}
+
+
+def _pick_examples(data: VQASet, seed: int, per_type: int = 1) -> list[int]:
+    """One test question of each type (deterministic), for the attention figures."""
+    rng = np.random.default_rng(seed)
+    return [int(rng.choice(np.flatnonzero(data.types == t))) for t in range(len(data.type_names)) if (data.types == t).any()][: 6 * per_type]
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -223,7 +249,9 @@ def run(config: ExperimentConfig | dict[str, Any], log: Callable[[str], None] = 
     log(f"[vqa] data ready in {time.perf_counter() - t0:.0f} s")
     metrics: dict[str, Any] = {}
     for name, ((train, val, test, vocab), variants, epochs) in datasets.items():
-        runs = {v: [train_variant(v, train, val, test, len(vocab.words), cfg, epochs, s, log) for s in cfg.seeds] for v in variants}
+        examples = _pick_examples(test, cfg.data_seed)
+        runs = {v: [train_variant(v, train, val, test, len(vocab.words), cfg, epochs, s, log, examples if s == cfg.seeds[0] else None)
+                    for s in cfg.seeds] for v in variants}
         timing = _time_inference(variants, test, len(vocab.words), cfg)
         metrics[name] = {
             "sizes": {"train_questions": len(train), "val_questions": len(val), "test_questions": len(test),

@@ -65,10 +65,14 @@ def quaternion_init_(
 
     Parameters
     ----------
-    weights : the ``(W_r, W_i, W_j, W_k)`` tensors, all of the same shape.
-    fan_in, fan_out : fans in quaternion units (times the kernel size for convolutions).
-    criterion : ``"he"`` (``s = 1/sqrt(2·fan_in)``) or ``"glorot"`` (``s = 1/sqrt(2·(fan_in+fan_out))``).
-    generator : optional ``torch.Generator``; the default generator is used otherwise.
+    weights : tuple of Tensor
+        The ``(W_r, W_i, W_j, W_k)`` tensors, all of the same shape.
+    fan_in, fan_out : int
+        Fans in quaternion units (times the kernel size for convolutions).
+    criterion : {"he", "glorot"}
+        ``s = 1/sqrt(2·fan_in)`` or ``s = 1/sqrt(2·(fan_in+fan_out))``.
+    generator : torch.Generator, optional
+        The source of randomness; torch's default generator otherwise.
     """
     if criterion not in _INITS:
         raise ValueError(f"init must be one of {_INITS}, got {criterion!r}")
@@ -172,12 +176,17 @@ class QuaternionLinear(_QuaternionWeights):
 
     Parameters
     ----------
-    in_features, out_features : sizes in real units, multiples of 4.
-    bias : add a learnable real bias per output feature.
-    init : ``"he"`` or ``"glorot"`` (see :func:`quaternion_init_`).
+    in_features, out_features : int
+        Sizes in real units, multiples of 4.
+    bias : bool
+        Add a learnable real bias per output feature.
+    init : {"he", "glorot"}
+        The initialisation criterion (see :func:`quaternion_init_`).
 
-    Shapes: input ``(..., in_features)`` → output ``(..., out_features)``.
-    Parameters: ``in_features·out_features/4`` weights (+ ``out_features`` biases).
+    Notes
+    -----
+    Input ``(..., in_features)`` → output ``(..., out_features)``;
+    ``in_features·out_features/4`` weights (+ ``out_features`` biases).
 
     >>> QuaternionLinear(4, 8, bias=False).block_weight().shape
     torch.Size([8, 4])

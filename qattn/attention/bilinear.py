@@ -73,13 +73,17 @@ def bilinear_logits(x_att: Tensor, y_att: Tensor, p: Tensor, bias: Tensor, score
 
     Parameters
     ----------
-    x_att : ``(B, ρ, K)`` = σ(Uᵀ X); y_att : ``(B, φ, K)`` = σ(Vᵀ Y).
-    p : ``(G, K)`` glimpse vectors; bias : ``(G,)``.
-    score : ``"real"``/``"shared"`` (one map per glimpse) or ``"hamilton"`` (four maps).
+    x_att, y_att : Tensor
+        ``(B, ρ, K) = σ(Uᵀ X)`` and ``(B, φ, K) = σ(Vᵀ Y)``.
+    p, bias : Tensor
+        Glimpse vectors ``(G, K)`` and biases ``(G,)``.
+    score : {"real", "shared", "hamilton"}
+        One map per glimpse (real, shared) or four (hamilton).
 
     Returns
     -------
-    ``(B, G, ρ, φ)`` for real/shared, ``(B, G, 4, ρ, φ)`` for hamilton.
+    Tensor
+        ``(B, G, ρ, φ)`` for real/shared, ``(B, G, 4, ρ, φ)`` for hamilton.
     """
     if score in ("real", "shared"):
         return torch.einsum("bik,gk,bjk->bgij", x_att, p, y_att) + bias[:, None, None]
@@ -109,11 +113,17 @@ class BilinearAttentionNetwork(nn.Module):
 
     Parameters
     ----------
-    x_dim, y_dim : widths of the question states and region features.
-    hidden : the joint width ``K`` (a multiple of 4 for quaternion variants).
-    glimpses : number of attention maps ``G``.
-    score : ``"real"`` (nn.Linear projections), ``"shared"`` or ``"hamilton"`` (QuaternionLinear).
+    x_dim, y_dim : int
+        Widths of the question states and region features.
+    hidden : int
+        The joint width ``K`` (a multiple of 4 for quaternion variants).
+    glimpses : int
+        Number of attention maps ``G``.
+    score : {"real", "shared", "hamilton"}
+        ``nn.Linear`` projections (real) or ``QuaternionLinear`` ones (shared, hamilton).
 
+    Notes
+    -----
     ``forward(x (B, ρ, d_x), y (B, φ, d_y), x_mask=None, y_mask=None)`` returns
     ``(joint (B, d_x), maps)`` with maps ``(B, G, ρ, φ)`` or ``(B, G, 4, ρ, φ)`` (hamilton);
     masks are True at padding.

@@ -93,18 +93,25 @@ def hamilton_attention(
 
     Parameters
     ----------
-    q : ``(B, H, N, 4, d_h)``; k : ``(B, H, S, 4, d_h)``; v : ``(B, H, S, 4, d_v)``.
-    attn_mask : broadcastable to ``(B, H, N, S)`` and applied to all four maps; bool True = NOT
+    q, k, v : Tensor
+        Queries ``(B, H, N, 4, d_h)``, keys ``(B, H, S, 4, d_h)``, values ``(B, H, S, 4, d_v)``.
+    attn_mask : Tensor, optional
+        Broadcastable to ``(B, H, N, S)`` and applied to all four maps; bool True = NOT
         allowed, float = added to the scores.
-    dropout_p, is_causal : as in :func:`~qattn.attention.shared_score.shared_score_attention`.
-    need_weights : also return the four weight maps ``(B, H, 4, N, S)`` (before dropout); the
-        computation is then an explicit batched matmul, softmax, matmul. Without weights it is
-        one fused ``scaled_dot_product_attention`` call over the component axis.
+    dropout_p : float
+        Dropout on the attention weights (pass 0 in eval mode).
+    is_causal : bool
+        Query ``i`` sees keys ``j ≤ i``.
+    need_weights : bool
+        Also return the four weight maps ``(B, H, 4, N, S)`` (before dropout); the computation
+        is then an explicit batched matmul, softmax, matmul. Without weights it is one fused
+        ``scaled_dot_product_attention`` call over the component axis.
 
     Returns
     -------
-    ``(out, weights)``, ``out`` of shape ``(B, H, N, 4, d_v)`` with ``out[..., c, :] = A_c V_c``.
-    Fully masked query rows give zeros.
+    tuple of Tensor
+        ``(out, weights)``, ``out`` of shape ``(B, H, N, 4, d_v)`` with
+        ``out[..., c, :] = A_c V_c``. Fully masked query rows give zeros.
 
     Examples
     --------

@@ -68,16 +68,27 @@ class QuaternionMultiheadAttention(nn.Module):
 
     Parameters
     ----------
-    embed_dim : model width in real units; a multiple of ``4·num_heads``.
-    num_heads : number of heads; each has ``d_h = embed_dim / (4·num_heads)`` quaternion units.
-    score : ``"shared"`` (Re(q ⊗ k̄), one softmax shared by the 4 components) or ``"hamilton"``
-        (Tay et al.: four Hamilton-product score maps, four softmaxes).
-    head_split : ``"components"`` (default) or ``"release"`` (ablation, see the module docstring).
-    dropout : dropout probability on the attention weights, active only in training mode.
-    bias : learnable biases in the four projections.
-    batch_first : inputs are ``(B, N, E)`` instead of ``(N, B, E)``.
+    embed_dim : int
+        Model width in real units; a multiple of ``4·num_heads``.
+    num_heads : int
+        Number of heads; each has ``d_h = embed_dim / (4·num_heads)`` quaternion units.
+    score : {"shared", "hamilton"}
+        ``"shared"``: Re(q ⊗ k̄), one softmax shared by the four components (the paper);
+        ``"hamilton"``: Tay et al.'s four Hamilton-product score maps and four softmaxes.
+    head_split : {"components", "release"}
+        ``"components"`` (default) or ``"release"`` (the ablation of the module docstring).
+    dropout : float
+        Dropout probability on the attention weights, active only in training mode.
+    bias : bool
+        Learnable biases in the four projections.
+    batch_first : bool
+        Inputs are ``(B, N, E)`` instead of ``(N, B, E)``.
+    device, dtype
+        Factory arguments of the parameters.
 
-    Forward returns ``(output, weights)``; weights are ``(B, H, N, S)`` for shared scores and
+    Notes
+    -----
+    ``forward`` returns ``(output, weights)``. Weights are ``(B, H, N, S)`` for shared scores and
     ``(B, H, 4, N, S)`` for Hamilton scores, averaged over heads to ``(B, N, S)`` /
     ``(B, 4, N, S)`` when ``average_attn_weights`` is True, or ``None`` if not ``need_weights``.
 

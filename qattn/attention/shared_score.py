@@ -62,17 +62,23 @@ def shared_score_attention(
 
     Parameters
     ----------
-    q : ``(B, H, N, 4, d_h)`` queries; k : ``(B, H, S, 4, d_h)`` keys; v : ``(B, H, S, 4, d_v)`` values.
-    attn_mask : broadcastable to ``(B, H, N, S)``; bool True = NOT allowed, float = added to scores.
-    dropout_p : dropout on the attention weights (pass 0 in eval mode).
-    is_causal : query ``i`` sees keys ``j ≤ i`` (combined with ``attn_mask`` if both are given).
-    need_weights : also return the attention weights ``(B, H, N, S)`` (before dropout).
-        Without weights, the computation is one ``scaled_dot_product_attention`` call.
+    q, k, v : Tensor
+        Queries ``(B, H, N, 4, d_h)``, keys ``(B, H, S, 4, d_h)``, values ``(B, H, S, 4, d_v)``.
+    attn_mask : Tensor, optional
+        Broadcastable to ``(B, H, N, S)``; bool True = NOT allowed, float = added to the scores.
+    dropout_p : float
+        Dropout on the attention weights (pass 0 in eval mode).
+    is_causal : bool
+        Query ``i`` sees keys ``j ≤ i`` (combined with ``attn_mask`` if both are given).
+    need_weights : bool
+        Also return the attention weights ``(B, H, N, S)`` (before dropout). Without weights,
+        the computation is one ``scaled_dot_product_attention`` call.
 
     Returns
     -------
-    ``(out, weights)`` with ``out`` of shape ``(B, H, N, 4, d_v)``. Query rows whose keys are
-    all masked give zeros (output and weights), never NaN.
+    tuple of Tensor
+        ``(out, weights)`` with ``out`` of shape ``(B, H, N, 4, d_v)``. Query rows whose keys
+        are all masked give zeros (output and weights), never NaN.
 
     Examples
     --------

@@ -58,10 +58,10 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     easy_variants: list[str] = field(default_factory=lambda: ["ban2", "qban_shared", "qban_hamilton"])
     clevr_variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    easy_limit_images: int | None = None
-    easy_epochs: int = 4
-    clevr_sizes: tuple[int, int, int] = (2000, 300, 300)
-    clevr_epochs: int = 8
+    easy_limit_images: int | None = 1500
+    easy_epochs: int = 3
+    clevr_sizes: tuple[int, int, int] = (1000, 200, 200)
+    clevr_epochs: int = 4
     images_per_batch: int = 32
     lr: float = 2e-3
     clip: float = 1.0
@@ -77,7 +77,7 @@ def config_for(profile: str, seed: int = 0) -> ExperimentConfig:
         return ExperimentConfig(profile="full", seeds=[seed, seed + 1, seed + 2])
     if profile == "ci":
         return ExperimentConfig(
-            profile="ci", seeds=[seed], easy_limit_images=300, easy_epochs=1, clevr_sizes=(200, 40, 40),
+            profile="ci", seeds=[seed], easy_limit_images=150, easy_epochs=1, clevr_sizes=(120, 30, 30),
             clevr_epochs=1, clevr_variants=["unitary", "coattention", "ban1", "ban2", "qban_shared", "qban_hamilton"],
         )
     raise ValueError(f"profile must be 'ci' or 'full', got {profile!r}")

@@ -80,6 +80,8 @@ class SpeechModelConfig:
     n_time_blocks, n_freq_blocks : bottleneck blocks along time, then along frequency.
     encoder_dilations, decoder_dilations : time dilations of the dense blocks.
     dropout : dropout of the dense blocks (Dropout2d) and the bottleneck.
+    attn_dropout : dropout on the attention weights (release: ``dropout``; 0 lets every variant use
+        the fused kernels in training too).
     head_split : head layout of the quaternion attention (``"components"`` or ``"release"``).
     """
 
@@ -97,6 +99,7 @@ class SpeechModelConfig:
     encoder_dilations: tuple[int, ...] = (1, 2, 4)
     decoder_dilations: tuple[int, ...] = (8, 4, 2)
     dropout: float = 0.1
+    attn_dropout: float = 0.1
     head_split: Literal["components", "release"] = "components"
 
     def __post_init__(self) -> None:
@@ -287,10 +290,10 @@ class _Attention(nn.Module):
         self.quaternion = cfg.kind == "quaternion"
         if self.quaternion:
             self.mha: nn.Module = QuaternionMultiheadAttention(
-                cfg.d_model, cfg.num_heads, score=cfg.score, head_split=cfg.head_split, dropout=cfg.dropout, batch_first=True
+                cfg.d_model, cfg.num_heads, score=cfg.score, head_split=cfg.head_split, dropout=cfg.attn_dropout, batch_first=True
             )
         else:
-            self.mha = nn.MultiheadAttention(cfg.d_model, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+            self.mha = nn.MultiheadAttention(cfg.d_model, cfg.num_heads, dropout=cfg.attn_dropout, batch_first=True)
 
     def forward(self, x: Tensor, maps_for: int = 0) -> tuple[Tensor, Tensor | None]:
         """``maps_for > 0``: also return per-head maps of that many evenly spaced sequences of the batch."""

@@ -1,0 +1,57 @@
+"""Speech experiment helpers: profiles, identical batches for every variant, divergence, headline format."""
+
+import numpy as np
+import pytest
+import torch
+
+from qattn.data.speech import SpeechSplit
+from qattn.experiments import speech as exp
+from qattn.report import collect_headlines
+
+
+def test_profiles_and_errors():
+    full, ci = exp.config_for("full"), exp.config_for("ci")
+    assert full.quaternion_seeds >= 2 and full.timing_lengths == [1.0, 2.0, 4.0, 6.86]
+    assert set(full.variants) == set(exp.VARIANTS) and ci.steps < full.steps
+    with pytest.raises(ValueError, match="profile"):
+        exp.config_for("huge")
+    with pytest.raises(ValueError, match="unknown config field"):
+        exp.config_for("ci", nonsense=1)
+
+
+def test_batches_depend_only_on_the_seed():
+    rng = np.random.default_rng(0)
+    split = SpeechSplit([rng.standard_normal(n).astype(np.float32) for n in (3000, 9000)],
+                        [rng.standard_normal(n).astype(np.float32) for n in (3000, 9000)])
+    a, b, c = (exp._batches(split, 3, 2, 4000, s) for s in (0, 0, 1))
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not torch.equal(a[0][0], c[0][0])
+    assert a[0][0].shape == (2, 4000)
+
+
+def test_shared_and_hamilton_models_start_identical():
+    base = exp.config_for("ci").model
+    h, s = exp.build_model(base, "qconformer_hamilton", 3), exp.build_model(base, "qconformer_shared", 3)
+    assert all(torch.equal(p, q) for p, q in zip(h.state_dict().values(), s.state_dict().values()))
+    state = torch.random.get_rng_state()
+    exp.build_model(base, "real_conformer", 3)
+    assert torch.equal(state, torch.random.get_rng_state()), "building a model must not move the global RNG"
+
+
+def test_mean_pairwise_js():
+    p = torch.softmax(torch.randn(2, 3, 1, 5, 7), -1)
+    assert exp.mean_pairwise_js(p.expand(-1, -1, 4, -1, -1)) == 0.0
+    onehot = torch.eye(4).view(1, 1, 4, 1, 4)  # four disjoint distributions: 1 bit each pair
+    assert exp.mean_pairwise_js(onehot) == pytest.approx(1.0)
+
+
+def test_headline_entries_follow_the_report_format():
+    metrics = {
+        "test": {"noisy": {"pesq": 1.5}, "qconformer_hamilton": {"pesq": 1.6}, "qconformer_shared": {"pesq": 1.62}},
+        "rtf_trained": [{"model": "qconformer_hamilton", "seconds": 1.0, "rtf": 0.5}, {"model": "qconformer_shared", "seconds": 1.0, "rtf": 0.4}],
+        "divergence": {"qconformer_hamilton": {"time": [0.1], "freq": [0.2]}, "qconformer_shared": {"time": [0.0], "freq": [0.0]}},
+    }
+    rows = exp.headline(metrics)
+    found = collect_headlines({"speech": {"metrics": {"headline": rows}}})
+    assert found[("speech", "qconformer (trained, narrow) CPU RTF reduction % at 1.0 s")]["value"] == pytest.approx(20.0)
+    assert found[("speech", "JS divergence, QConformer, shared, time blocks")]["value"] == 0.0

@@ -60,8 +60,8 @@ class ExperimentConfig:
     clevr_variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     easy_limit_images: int | None = 1500
     easy_epochs: int = 3
-    clevr_sizes: tuple[int, int, int] = (1000, 200, 200)
-    clevr_epochs: int = 4
+    clevr_sizes: tuple[int, int, int] = (800, 150, 150)
+    clevr_epochs: int = 3
     images_per_batch: int = 32
     lr: float = 2e-3
     clip: float = 1.0

@@ -106,10 +106,10 @@ class SpeechExperimentConfig:
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     quaternion_seeds: int = 2
     real_seeds: int = 1
-    steps: int = 24
+    steps: int = 36
     batch_size: int = 4
     crop_s: float = 0.5
-    lr: float = 2e-3
+    lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
     clip_norm: float = 1.0
     valid_every: int = 8
@@ -328,14 +328,20 @@ def _attention_share(model: SpeechEnhancer, seconds: float) -> float:
     return spent[0] / total
 
 
+def _release_params() -> dict[str, int]:
+    """Parameter counts of the release-sized QConformer, QTransformer and real Conformer."""
+    return {
+        "qconformer": count_parameters(SpeechEnhancer(release_config("conformer"))),
+        "qtransformer": count_parameters(SpeechEnhancer(release_config("transformer"))),
+        "real_conformer": count_parameters(SpeechEnhancer(release_config(kind="real"))),
+    }
+
+
 def _release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> dict[str, Any]:
     """Release-sized models: attention layers at every length (interleaved), whole model at one length, composed RTF."""
     rel = release_config()
     f_prime = 101
-    out: dict[str, Any] = {"params": {}, "attention": [], "whole": [], "composed": []}
-    for family, bottleneck in (("qconformer", "conformer"), ("qtransformer", "transformer")):
-        out["params"][family] = count_parameters(SpeechEnhancer(release_config(bottleneck)))
-    out["params"]["real_conformer"] = count_parameters(SpeechEnhancer(release_config(kind="real")))
+    out: dict[str, Any] = {"params": _release_params(), "attention": [], "whole": [], "composed": []}
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -541,6 +547,7 @@ def run(
             metrics["release"] = _release_timing(cfg, log)
             metrics["wall_s"]["timing_release"] = time.perf_counter() - t0
         metrics["params_trained"] = {v: count_parameters(m) for v, m in best_models.items()}
+        metrics["params_release"] = metrics["release"]["params"] if "release" in metrics else _release_params()
         metrics["threads"] = {"train": cfg.train_threads, "timing": cfg.threads}
     finally:
         torch.set_num_threads(threads_before)
@@ -553,6 +560,7 @@ def _mean_over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [k for k, v in rows[0].items() if isinstance(v, float)]
     out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     out.update({f"{k}_std": float(np.std([r[k] for r in rows])) for k in ("pesq", "stoi", "si_sdr")})
+    out["pesq_by_noise"] = {n: float(np.mean([r["pesq_by_noise"][n] for r in rows])) for n in rows[0]["pesq_by_noise"]}
     out["seeds"] = [r["seed"] for r in rows]
     return out
 

@@ -7,8 +7,8 @@ pixels (uint8) in 10 balanced classes. They are read with :mod:`gzip` and :mod:`
 Validation data come from the training set (:func:`train_val_split`, stratified by seed); the
 test set is never used for model selection.
 
->>> data = load_fashion_mnist()                                    # doctest: +SKIP
->>> data.train_images.shape, data.test_labels.shape                # doctest: +SKIP
+>>> data = load_fashion_mnist()
+>>> data.train_images.shape, data.test_labels.shape
 ((60000, 28, 28), (10000,))
 """
 

@@ -85,7 +85,9 @@ def code_version(extra_files: Iterable[str | Path] = ()) -> str:
     return digest.hexdigest()[:16]
 
 
-def collect_provenance(wall_time_s: float | None = None, extra_files: Iterable[str | Path] = ()) -> dict[str, Any]:
+def collect_provenance(
+    wall_time_s: float | None = None, extra_files: Iterable[str | Path] = (), version: str | None = None
+) -> dict[str, Any]:
     """Where, when and from what code a result comes: git state, versions, machine, date."""
     import torch  # local import: keep ``import qattn.provenance`` light
 
@@ -97,7 +99,7 @@ def collect_provenance(wall_time_s: float | None = None, extra_files: Iterable[s
             packages[name] = None
     status = _git("status", "--porcelain")
     return {
-        "code_version": code_version(extra_files),
+        "code_version": version if version is not None else code_version(extra_files),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -166,7 +168,7 @@ def run_cached(
         "name": name,
         "config": config,
         "metrics": metrics,
-        "provenance": collect_provenance(wall_time_s=round(wall, 3), extra_files=extra_files),
+        "provenance": collect_provenance(wall_time_s=round(wall, 3), extra_files=extra_files, version=version)  # the code the run started with,
     }
     write_json_atomic(path, result)
     print(f"[{name}] done in {wall:.1f} s -> {path}")

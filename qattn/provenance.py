@@ -168,7 +168,7 @@ def run_cached(
         "name": name,
         "config": config,
         "metrics": metrics,
-        "provenance": collect_provenance(wall_time_s=round(wall, 3), extra_files=extra_files, version=version)  # the code the run started with,
+        "provenance": collect_provenance(wall_time_s=round(wall, 3), extra_files=extra_files, version=version),  # the code the run started with
     }
     write_json_atomic(path, result)
     print(f"[{name}] done in {wall:.1f} s -> {path}")

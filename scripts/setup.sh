@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(espeak-ng sox libsox-fmt-all dataset-fashion-mnist chromium chromium-driver)
+DEB_PACKAGES=(espeak-ng sox libsox-fmt-all dataset-fashion-mnist chromium chromium-driver alsa-utils)
 VENV=.venv
 
 missing=()

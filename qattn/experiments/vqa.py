@@ -58,9 +58,9 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     easy_variants: list[str] = field(default_factory=lambda: ["ban2", "qban_shared", "qban_hamilton"])
     clevr_variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    easy_limit_images: int | None = 1500
+    easy_limit_images: int | None = 1000
     easy_epochs: int = 3
-    clevr_sizes: tuple[int, int, int] = (800, 150, 150)
+    clevr_sizes: tuple[int, int, int] = (600, 100, 100)
     clevr_epochs: int = 3
     images_per_batch: int = 32
     lr: float = 2e-3

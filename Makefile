@@ -12,7 +12,7 @@ test: setup
 	$(PY) -m pytest -q -m "not book"
 	$(PY) scripts/build_book.py --profile ci
 	$(PY) -m pytest -q -m book
-	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-kernel-name python3 --nbval-cell-timeout 600 -p no:doctest book/generated
+	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-kernel-name python3 --nbval-cell-timeout 600 -o addopts="-p no:cacheprovider" book/generated
 
 # Execute every notebook of the book with papermill at PROFILE (full or ci) and build the HTML.
 book: setup

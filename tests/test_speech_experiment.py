@@ -38,13 +38,6 @@ def test_shared_and_hamilton_models_start_identical():
     assert torch.equal(state, torch.random.get_rng_state()), "building a model must not move the global RNG"
 
 
-def test_mean_pairwise_js():
-    p = torch.softmax(torch.randn(2, 3, 1, 5, 7), -1)
-    assert exp.mean_pairwise_js(p.expand(-1, -1, 4, -1, -1)) == 0.0
-    onehot = torch.eye(4).view(1, 1, 4, 1, 4)  # four disjoint distributions: 1 bit each pair
-    assert exp.mean_pairwise_js(onehot) == pytest.approx(1.0)
-
-
 def test_headline_entries_follow_the_report_format():
     metrics = {
         "test": {"noisy": {"pesq": 1.5}, "qconformer_hamilton": {"pesq": 1.6}, "qconformer_shared": {"pesq": 1.62}},

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qattn.analysis import mean_pairwise_js
 from qattn.attention import QuaternionMultiheadAttention
 from qattn.data.speech import SpeechCorpusConfig, SpeechSplit, load_speech_corpus, make_noise, mix_at_snr
 from qattn.models.speech import HOP, SpeechEnhancer, SpeechModelConfig, count_parameters, release_config
@@ -59,7 +60,6 @@ __all__ = [
     "train_one",
     "enhance_waves",
     "time_rtf",
-    "mean_pairwise_js",
     "run",
 ]
 
@@ -392,36 +392,12 @@ def _release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> 
 
 # -- divergence ------------------------------------------------------------------------------------
 
-def mean_pairwise_js(maps: torch.Tensor) -> float:
-    """Mean pairwise Jensen–Shannon divergence (bits) between the 4 component maps.
-
-    ``maps`` is ``(S, H, 4, N, M)`` (rows are distributions); the mean runs over the 6 pairs,
-    the rows, heads and sequences. Identical maps give exactly 0.
-
-    >>> p = torch.softmax(torch.randn(1, 1, 1, 3, 5), -1)
-    >>> mean_pairwise_js(p.expand(1, 1, 4, 3, 5))
-    0.0
-    """
-    maps = maps.double()
-    total, pairs = torch.zeros((), dtype=torch.float64), 0
-    for a in range(4):
-        for b in range(a + 1, 4):
-            p, q = maps[:, :, a], maps[:, :, b]
-            m = (p + q) / 2
-
-            def kl(x: torch.Tensor) -> torch.Tensor:
-                return torch.where(x > 0, x * torch.log2(x / m), torch.zeros_like(x)).sum(-1)
-
-            total = total + (0.5 * kl(p) + 0.5 * kl(q)).mean()
-            pairs += 1
-    return float(total / pairs)
-
-
 @torch.inference_mode()
 def _divergence(model: SpeechEnhancer, wave: np.ndarray, sequences: int) -> dict[str, Any]:
     _, time_maps, freq_maps = model.forward_with_maps(torch.from_numpy(wave)[None], maps_for=sequences)
     def js(m: torch.Tensor) -> float:
-        return mean_pairwise_js(m if m.dim() == 5 else m.unsqueeze(2).expand(-1, -1, 4, -1, -1))
+        four = m if m.dim() == 5 else m.unsqueeze(2).expand(-1, -1, 4, -1, -1)  # shared: one map, four times
+        return float(mean_pairwise_js(four.double(), component_dim=2).mean())
     return {"time": [js(m) for m in time_maps], "freq": [js(m) for m in freq_maps]}
 
 

@@ -48,3 +48,36 @@ def test_headline_entries_follow_the_report_format():
     found = collect_headlines({"speech": {"metrics": {"headline": rows}}})
     assert found[("speech", "qconformer (trained, narrow) CPU RTF reduction % at 1.0 s")]["value"] == pytest.approx(20.0)
     assert found[("speech", "JS divergence, QConformer, shared, time blocks")]["value"] == 0.0
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    f = [exp._lr_factor(s, 100, 10, True) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
+    assert [exp._lr_factor(s, 100, 0, False) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+def test_materialised_maps_change_the_path_not_the_output():
+    base = exp.config_for("ci").model
+    model = exp.build_model(base, "qtransformer_hamilton", 0).eval()
+    wave = 0.1 * torch.randn(1, 4000, generator=torch.Generator().manual_seed(0))
+    seen = []
+    handle = model.attention_modules()[0].register_forward_hook(lambda m, a, out: seen.append(out[1] is not None))
+    with torch.inference_mode():
+        plain, maps = model(wave), exp.MaterialisedMaps(model)(wave)
+    handle.remove()
+    assert seen == [False, True], "the wrapper must ask the attention for its weights (the maps path)"
+    torch.testing.assert_close(maps, plain, atol=1e-5, rtol=1e-4)
+    with torch.inference_mode():
+        assert torch.equal(model(wave), plain), "the hooks must be removed afterwards"
+    with pytest.raises(ValueError, match="score='hamilton'"):
+        exp.MaterialisedMaps(exp.build_model(base, "qtransformer_shared", 0))
+
+
+def test_peak_memory_grows_with_the_materialised_maps():
+    cfg = exp._model_config(exp.config_for("ci").model, "qtransformer_hamilton")
+    fused = exp.peak_memory(cfg, 2.0, threads=1)
+    maps = exp.peak_memory(cfg, 2.0, threads=1, materialise_maps=True)
+    assert fused["ok"] and maps["ok"], (fused, maps)
+    # the four maps of the time block alone are maps_bytes (≈ 76 MiB here); the fused kernel never stores them
+    assert maps["peak_bytes"] - fused["peak_bytes"] > 0.5 * exp.maps_bytes(cfg, 2.0)

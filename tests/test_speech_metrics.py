@@ -74,3 +74,25 @@ def test_losses_identity_and_order(speechlike):
     est = y2.clone().requires_grad_()
     losses.total_loss(est, x)["total"].backward()
     assert torch.isfinite(est.grad).all()
+
+
+def test_mr_stft_gradient_stays_bounded_near_silence():
+    from qattn.speech.losses import mr_stft_loss
+
+    ref = torch.zeros(1, 8000)
+    ref[0, 2000:4000] = torch.sin(torch.arange(2000) * 0.3)
+    est = (1e-7 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    mr_stft_loss(est, ref).backward()
+    assert torch.isfinite(est.grad).all() and est.grad.abs().max() < 1e3
+
+
+def test_mr_stft_gradient_explodes_without_the_floor(monkeypatch):
+    """Negative control for the test above: a negligible floor gives the huge gradients it guards against."""
+    from qattn.speech.losses import mr_stft_loss
+
+    monkeypatch.setattr(losses, "MAG_FLOOR", 1e-12)
+    ref = torch.zeros(1, 8000)
+    ref[0, 2000:4000] = torch.sin(torch.arange(2000) * 0.3)
+    est = (1e-7 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    mr_stft_loss(est, ref).backward()
+    assert est.grad.abs().max() > 1e3

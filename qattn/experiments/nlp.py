@@ -47,7 +47,7 @@ class NLPConfig:
     ``seed`` fixes the data splits and is the first of ``n_seeds`` consecutive model seeds;
     ``train_size`` and ``eval_size`` (None: all) subsample the training split and each of the
     validation and test splits (stratified) for quick runs.
-    ``threads``: torch intra-op threads during the run (1 by default, see
+    ``threads``: torch intra-op threads during the run (2 by default, see
     :class:`qattn.experiments.vision.VisionConfig`; None: unchanged).
     """
 
@@ -78,7 +78,7 @@ class NLPConfig:
     probe_size: int = 256
     timing_batch: int = 256
     timing_rounds: int = 7
-    threads: int | None = 1
+    threads: int | None = 2
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(

@@ -11,7 +11,11 @@ Usage (through the Makefile: ``make book`` or ``make book PROFILE=ci``)::
    directory ``notebooks/``, a per-cell timeout of the profile), injecting ``profile`` and
    ``output_dir`` (the absolute per-profile results folder, ``build/results/<profile>/`` by
    default) into ``book/generated/<stem>.ipynb``; one progress line per notebook with its wall
-   time. A failing notebook stops the build (exit status 1) and shows the failing cell.
+   time. While a notebook runs, its progress lines (printed lines that start with ``[``, e.g.
+   ``[speech] qconformer_shared seed 1: PESQ ...``) are echoed indented, and everything it
+   prints is kept in ``build/logs/<profile>/<stem>.log``. A failing notebook stops the build
+   (exit status 1) and shows the failing cell. The wall time of each notebook is written to
+   ``build/logs/<profile>/times.json``.
 3. Builds HTML with Jupyter Book 1.x, strict (``-W --keep-going``), execution off, and prints the
    path of ``index.html``.
 
@@ -22,6 +26,7 @@ same config and code version (see :mod:`qattn.provenance`).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -43,6 +48,7 @@ NOTEBOOKS = ROOT / "notebooks"
 GENERATED = BOOK / "generated"
 GENERATED_PREFIX = "generated/"
 HTML = BOOK / "_build" / "html"
+LOGS = ROOT / "build" / "logs"
 KERNEL = "python3"
 
 
@@ -104,23 +110,59 @@ def check_toc(toc: Path = TOC, notebooks: Path = NOTEBOOKS, book: Path = BOOK) -
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+class ProgressEcho:
+    """Where a notebook's standard output goes while papermill runs it (papermill's ``stdout_file``).
+
+    Every line is appended to ``log``; lines that start with ``[`` (the experiments' progress
+    lines) are also echoed to ``echo``, indented, as soon as they are complete.
+
+    >>> import io
+    >>> log, term = io.StringIO(), io.StringIO()
+    >>> sink = ProgressEcho(log, term)
+    >>> sink.write("[vqa] data ready"); sink.write(" in 3 s\\nplain line\\n[vqa] done\\n")
+    >>> term.getvalue()
+    '    [vqa] data ready in 3 s\\n    [vqa] done\\n'
+    >>> log.getvalue().count("\\n")
+    3
+    """
+
+    def __init__(self, log: Any, echo: Any = None) -> None:
+        self.log, self.echo, self._partial = log, echo, ""
+
+    def write(self, text: str) -> None:
+        self.log.write(text)
+        echo = self.echo or sys.stdout
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.startswith("["):
+                echo.write(f"    {line}\n")
+        echo.flush()
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
 def execute_notebook(stem: str, profile: Profile, results_dir: Path) -> float:
     """Execute ``notebooks/<stem>.ipynb`` into ``book/generated/<stem>.ipynb``; return the wall time in s."""
     import papermill  # the heavy imports only when executing
 
+    logs = LOGS / profile.name
+    logs.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    papermill.execute_notebook(
-        str(NOTEBOOKS / f"{stem}.ipynb"),
-        str(GENERATED / f"{stem}.ipynb"),
-        parameters={"profile": profile.name, "output_dir": str(results_dir)},
-        kernel_name=KERNEL,
-        cwd=str(NOTEBOOKS),
-        execution_timeout=profile.cell_timeout_s,
-        progress_bar=False,
-        log_output=False,
-        # The kernel's start-up notice about unencrypted loopback TCP is noise for a local build.
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-    )
+    with open(logs / f"{stem}.log", "w") as log:
+        papermill.execute_notebook(
+            str(NOTEBOOKS / f"{stem}.ipynb"),
+            str(GENERATED / f"{stem}.ipynb"),
+            parameters={"profile": profile.name, "output_dir": str(results_dir)},
+            kernel_name=KERNEL,
+            cwd=str(NOTEBOOKS),
+            execution_timeout=profile.cell_timeout_s,
+            progress_bar=False,
+            log_output=False,
+            # The kernel's start-up notice about unencrypted loopback TCP is noise for a local build.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            stdout_file=ProgressEcho(log),
+        )
     return time.perf_counter() - start
 
 
@@ -172,14 +214,19 @@ def main(argv: list[str] | None = None) -> int:
         results_dir.mkdir(parents=True, exist_ok=True)
         fresh = " (FRESH=1: no reuse)" if os.environ.get("FRESH") == "1" else ""
         print(f"build_book: profile {profile.name}, results in {results_dir}{fresh}", flush=True)
+        times: dict[str, float] = {}
         for i, stem in enumerate(stems, 1):
-            print(f"[{i}/{len(stems)}] {stem}.ipynb: running", flush=True)
+            print(f"[{i}/{len(stems)}] {stem}.ipynb: running (its output: {LOGS / profile.name / (stem + '.log')})", flush=True)
             try:
-                wall = execute_notebook(stem, profile, results_dir)
+                times[stem] = execute_notebook(stem, profile, results_dir)
             except Exception as err:  # papermill's execution error, a timeout, a dead kernel
                 report_failure(stem, err)
                 return 1
-            print(f"[{i}/{len(stems)}] {stem}.ipynb: done in {wall:.1f} s", flush=True)
+            print(f"[{i}/{len(stems)}] {stem}.ipynb: done in {times[stem]:.1f} s", flush=True)
+        summary = {"profile": profile.name, "notebooks_s": {k: round(v, 1) for k, v in times.items()},
+                   "total_s": round(sum(times.values()), 1), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (LOGS / profile.name / "times.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"build_book: notebooks done in {summary['total_s'] / 60:.1f} min", flush=True)
     html_start = time.perf_counter()
     print("build_book: jupyter-book build (strict, execution off) ...", flush=True)
     try:

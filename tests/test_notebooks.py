@@ -52,6 +52,26 @@ def test_check_toc_reports_both_directions(tmp_path):
     assert len(problems) == 3
 
 
+def test_progress_lines_are_echoed_live_and_everything_is_logged(tmp_path, monkeypatch, capsys):
+    """A real papermill run of a two-cell notebook: lines starting with '[' reach the terminal."""
+    for name in ("NOTEBOOKS", "GENERATED", "LOGS"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setattr(build_book, name, tmp_path / name)
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [
+        nbformat.v4.new_code_cell('profile = "x"\noutput_dir = "."', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('print("[demo] step 1 of 2")\nprint("a table row")\nprint("[demo] step 2", end="")\nprint(" of 2")'),
+    ]
+    nbformat.write(nb, tmp_path / "NOTEBOOKS" / "demo.ipynb")
+    wall = build_book.execute_notebook("demo", build_book.Profile("ci", cell_timeout_s=60), tmp_path)
+    assert wall > 0
+    echoed = [line for line in capsys.readouterr().out.splitlines() if "demo" in line]
+    assert echoed == ["    [demo] step 1 of 2", "    [demo] step 2 of 2"]
+    log = (tmp_path / "LOGS" / "ci" / "demo.log").read_text()
+    assert "a table row" in log and "[demo] step 2 of 2" in log
+    assert (tmp_path / "GENERATED" / "demo.ipynb").exists()
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_one_parameters_cell_with_profile_and_output_dir(path):
     nb = nbformat.read(path, as_version=4)

@@ -78,8 +78,8 @@ class BenchConfig:
     backward_variants: list[str] = field(default_factory=lambda: ["torch_mha", "shared", "hamilton", "hamilton_maps"])
     backward_max_length: int = 2048
     reference_max_length: int = 2048  # the 16-matmul reference is slow: stop timing it here
-    warmup: int = 2
-    repeats: int = 7
+    warmup: int = 1
+    repeats: int = 5
     memory_lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048, 4096])
     memory_variants: list[str] = field(default_factory=lambda: ["torch_mha", "shared", "hamilton", "hamilton_maps", "core_shared", "core_hamilton", "core_hamilton_maps"])
     longest_variants: list[str] = field(default_factory=lambda: ["core_shared", "core_hamilton", "core_hamilton_maps", "shared", "hamilton_maps", "torch_mha"])

@@ -18,7 +18,9 @@ is evaluated once per trained model, plus the unprocessed noisy input. Nothing u
 reference at inference (no sign flip, no loudness matching, unlike the release's evaluation).
 
 Timing: real-time factor = (STFT + network + mask + iSTFT time) / audio duration at batch 1,
-``threads`` threads, after a warm-up, median (min, max) of ``repeats`` interleaved runs:
+``threads`` threads, median (min, max) of ``repeats`` interleaved runs, after ``timing_warmup``
+warm-up rounds before the first (shortest) length of each sweep (warm-up pays the first-call
+costs once; rounds at the long lengths, up to 15 s each with materialised maps, are not repeated):
 (a) the trained narrow models at each length, Hamilton also with its four maps materialised
 (:class:`MaterialisedMaps`: the release's way of computing them; our ``score="hamilton"`` runs a
 fused kernel that never stores them) where they fit in ``maps_limit_gb``; (b) release-sized
@@ -26,7 +28,9 @@ models: the attention layers alone at the exact bottleneck shapes at every lengt
 model, shared and Hamilton interleaved, directly at ``release_whole_s`` (6.86 s); RTFs at the
 other lengths are COMPOSED as (whole − attention)·L/``release_whole_s`` + attention(L).
 Memory: the peak resident memory of one whole-model forward at the longest length, each model in
-a fresh process (:func:`peak_memory`).
+a fresh process (:func:`peak_memory`): the trained sizes always, the release sizes where
+``release_memory`` (off in the full profile: four more whole 6.86 s forwards, about 100 s, for
+numbers that do not depend on the score: 732 MiB for all four in the run of 2026-12-02).
 
 >>> cfg = config_for("ci")
 >>> cfg.profile, cfg.variants[0]
@@ -137,6 +141,7 @@ class SpeechExperimentConfig:
     release_whole_repeats: int = 3
     maps_limit_gb: float = 8.0
     memory: bool = True
+    release_memory: bool = True
     divergence_s: float = 1.0
     divergence_sequences: int = 8
     n_examples: int = 3
@@ -144,7 +149,7 @@ class SpeechExperimentConfig:
 
 
 def config_for(profile: str, seed: int = 0, **overrides: Any) -> SpeechExperimentConfig:
-    """The ``ci`` (about 2 minutes) or ``full`` (about 20 minutes on 2 contended cores) profile."""
+    """The ``ci`` (about 2 minutes) or ``full`` (about 25 minutes on 2 cores) profile."""
     narrow = dict(growth=8, dense_width=16, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=7,
                   n_time_blocks=1, n_freq_blocks=1, encoder_dilations=[1, 2], decoder_dilations=[2, 1],
                   dropout=0.0, attn_dropout=0.0)
@@ -152,7 +157,8 @@ def config_for(profile: str, seed: int = 0, **overrides: Any) -> SpeechExperimen
         cfg = SpeechExperimentConfig(
             profile="full", seed=seed, model=narrow,
             corpus=dict(n_train=120, n_valid=8, n_test=12, max_seconds=2.5, seed=seed),
-            steps=120, valid_every=10, warmup_steps=10, cosine_decay=True, betas=(0.9, 0.999), train_threads=2,
+            steps=80, valid_every=10, warmup_steps=10, cosine_decay=True, betas=(0.9, 0.999), train_threads=2,
+            timing_repeats=3, release_whole_repeats=2, release_memory=False,
         )
     elif profile == "ci":
         tiny = dict(narrow, encoder_dilations=[1], decoder_dilations=[1], growth=4, dense_width=8)
@@ -395,17 +401,20 @@ def peak_memory(model_cfg: SpeechModelConfig, seconds: float, threads: int = 2, 
 
 
 def time_rtf(models: dict[str, nn.Module], lengths: list[float], warmup: int, repeats: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Interleaved whole-model real-time factors at batch 1 for each length (seconds)."""
+    """Interleaved whole-model real-time factors at batch 1 for each length (seconds).
+
+    ``warmup`` rounds run before the first length only (later lengths reuse the warm kernels).
+    """
     rows = []
     gen = torch.Generator().manual_seed(seed)
-    for seconds in lengths:
+    for i, seconds in enumerate(lengths):
         wave = 0.1 * torch.randn(1, int(round(seconds * 16000)), generator=gen)
         fns = {}
         for name, model in models.items():
             model.eval()
             fns[name] = (lambda m=model: m(wave))
         with torch.inference_mode():
-            timed = _time_interleaved(fns, warmup, repeats)
+            timed = _time_interleaved(fns, warmup if i == 0 else 0, repeats)
         for name, t in timed.items():
             rows.append({"model": name, "seconds": seconds, **t, "rtf": t["median_s"] / seconds,
                          "rtf_min": t["min_s"] / seconds, "rtf_max": t["max_s"] / seconds})
@@ -460,7 +469,7 @@ def _release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> 
         torch.manual_seed(cfg.seed)
         mhas = {s: QuaternionMultiheadAttention(rel.d_model, rel.num_heads, score=s, batch_first=True).eval() for s in ("hamilton", "shared")}
     attn_time: dict[tuple[str, float], float] = {}
-    for seconds in cfg.timing_lengths:
+    for i, seconds in enumerate(cfg.timing_lengths):
         t = int(round(seconds * 16000)) // HOP + 1
         x_time = torch.randn(FREQ_BOTTLENECK, t, rel.d_model, generator=gen)
         x_freq = torch.randn(t, FREQ_BOTTLENECK, rel.d_model, generator=gen)
@@ -474,7 +483,7 @@ def _release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> 
         else:
             out["maps_skipped"].append({"seconds": seconds, "needs_gb": need / 2**30, "limit_gb": cfg.maps_limit_gb})
         with torch.inference_mode():
-            timed = _time_interleaved(fns, cfg.timing_warmup, cfg.timing_repeats)
+            timed = _time_interleaved(fns, cfg.timing_warmup if i == 0 else 0, cfg.timing_repeats)
         for s, row in timed.items():
             # one time-axis and one frequency-axis layer per call; the release has n_time_blocks of each
             per_model = row["median_s"] * rel.n_time_blocks
@@ -527,7 +536,7 @@ def _memory_table(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> li
             cases.append(("trained", v, mc, False))
             if VARIANTS[v]["score"] == "hamilton" and 2 * maps_bytes(mc, longest) <= cfg.maps_limit_gb * 2**30:
                 cases.append(("trained", v + "_maps", mc, True))
-    if cfg.release_timing:
+    if cfg.release_timing and cfg.release_memory:
         for family, bottleneck in (("qtransformer", "transformer"), ("qconformer", "conformer")):
             for s in ("hamilton", "shared"):
                 cases.append(("release", f"{family}_{s}", release_config(bottleneck, score=s), False))

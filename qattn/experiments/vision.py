@@ -63,9 +63,9 @@ class VisionConfig:
     num_heads: int = 4
     ffn_mult: int = 2
     dropout: float = 0.0
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 256
-    lr: float = 4e-3
+    lr: float = 8e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     checkpoints: int = 6

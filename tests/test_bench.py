@@ -34,6 +34,21 @@ def test_interleaved_timing_statistics_are_consistent():
         assert s["repeats"] == 3 and 0 < s["min_s"] <= s["median_s"] <= s["max_s"]
 
 
+def test_fast_calls_are_repeated_until_the_time_budget_and_never_past_the_cap():
+    # A tiny call takes well under a millisecond: 0.05 s of samples needs many more than 3 of them,
+    # the slow 16-matmul reference needs fewer; the cap bounds both.
+    stats = bench.time_variants(["core_shared", "core_hamilton_reference"], 32, 2, 1, 8, backward=False,
+                                warmup=1, repeats=3, min_time_s=0.05, max_repeats=40)
+    for s in stats.values():
+        assert 3 <= s["repeats"] <= 40
+        assert s["repeats"] == 40 or s["repeats"] * s["max_s"] >= 0.05  # stopped by the cap or by the budget
+    assert stats["core_shared"]["repeats"] > 3
+    no_budget = bench.time_variants(["core_shared"], 32, 2, 1, 8, backward=False, warmup=0, repeats=3, min_time_s=0.0)
+    assert no_budget["core_shared"]["repeats"] == 3
+    with pytest.raises(ValueError, match="repeats <= max_repeats"):
+        bench.time_variants(["core_shared"], 32, 2, 1, 8, backward=False, warmup=0, repeats=5, max_repeats=4)
+
+
 def test_materialised_hamilton_maps_take_more_memory_than_the_shared_core():
     shared = bench.measure_memory("core_shared", 64, 4, 1, 1024)
     maps = bench.measure_memory("core_hamilton_maps", 64, 4, 1, 1024)
@@ -61,7 +76,7 @@ def test_tiny_run_is_json_serialisable_with_headlines():
     assert {r["variant"] for r in result["timings"]} == set(cfg.variants)
     assert any("forward_backward" == r["mode"] for r in result["timings"])
     names = [h["name"] for h in result["headline"]]
-    assert "shared / torch MHA forward time, worst N >= 256 (N=256)" in names and "hamilton / shared forward time, N=256" in names
+    assert "shared / torch MHA forward time, worst N >= 256" in names and "hamilton / shared forward time, N=256" in names
     assert all(h["kind"] == "ratio" and isinstance(h["target_met"], bool) for h in result["headline"])
     assert result["machine"]["flops_per_s"] > 0 and all(0 < a["fraction_of_matmul"] for a in result["achieved"])
     assert logs and "shared" in bench.format_table(result)

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qattn.attention import QuaternionMultiheadAttention, hamilton_attention, shared_score_attention
+from qattn.attention.multihead import head_order
 
 
 def head_permutation(embed_dim: int, num_heads: int, head_split: str) -> list[int]:
@@ -148,6 +149,21 @@ def test_layer_equals_core_on_its_own_projections(score, core, head_split):
     assert w.shape == ((2, 3, 5, 7) if score == "shared" else (2, 3, 4, 5, 7))
     fast, none = layer(x, y, y, key_padding_mask=padding, need_weights=False)
     assert none is None and torch.allclose(fast, out, atol=1e-12)
+
+
+@given(heads=st.integers(1, 4), units=st.integers(1, 3), head_split=st.sampled_from(["components", "release"]))
+def test_head_major_reshape_equals_indexing_by_head_order(heads, units, head_split):
+    # The reshape the module uses against the index list, an independent construction; then a
+    # negative control: in the components split with more than one head the order is not the identity.
+    e = 4 * heads * units
+    layer = QuaternionMultiheadAttention(e, heads, head_split=head_split)
+    w = torch.randn(e, e + 1)
+    order = head_order(e, heads, head_split)
+    assert torch.equal(layer.head_major(w[:, :e], 0), w[order, :e])
+    assert torch.equal(layer.head_major(w[:, :e], 1), w[:, order])
+    assert torch.equal(layer.head_major(w[:, 0], 0), w[order, 0])
+    if head_split == "components" and heads > 1:
+        assert not torch.equal(layer.head_major(w[:, :e], 0), w[:, :e])
 
 
 def test_head_split_components_mixes_all_components_in_every_head():

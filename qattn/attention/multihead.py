@@ -142,7 +142,6 @@ class QuaternionMultiheadAttention(nn.Module):
         self.v_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self.out_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self._qkv_cache, self._out_cache = BlockCache(), BlockCache()
-        self.register_buffer("_head_order", head_order(embed_dim, num_heads, head_split, device), persistent=False)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={self.score!r}, head_split={self.head_split!r}"
@@ -165,6 +164,17 @@ class QuaternionMultiheadAttention(nn.Module):
     # forward never permutes activations: the projection weights' rows (and the output
     # projection's columns) are reordered once into head-major order (H, 4, d_h), so that the
     # projected tensors split into heads as views, exactly as in torch's MultiheadAttention.
+    def head_major(self, t: Tensor, dim: int) -> Tensor:
+        """Axis ``dim`` of ``t`` (blocked, length E) in head-major order ``(H, 4, d_h)``.
+
+        The same as ``t.index_select(dim, head_order(...))``, done as a reshape and transpose, whose
+        backward is a plain copy (an index's backward is a scatter-add, several times slower).
+        """
+        if self.head_split == "release":
+            return t
+        h, d = self.num_heads, self.head_units
+        return t.unflatten(dim, (4, h, d)).transpose(dim, dim + 1).flatten(dim, dim + 2)
+
     def _projection_parameters(self, projections: tuple[QuaternionLinear, ...]) -> tuple[Tensor, ...]:
         params: list[Tensor] = []
         for proj in projections:
@@ -176,13 +186,12 @@ class QuaternionMultiheadAttention(nn.Module):
     def _packed_qkv(self) -> tuple[Tensor, Tensor | None]:
         """q, k, v block matrices with rows in head-major order, stacked ``(3E, E)``, and biases ``(3E,)``."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        order = self._head_order
 
         def build() -> Tensor:
-            weight = torch.cat([p.block_weight()[order] for p in projections])
+            weight = torch.cat([self.head_major(p.block_weight(), 0) for p in projections])
             if self.q_proj.bias is None:
                 return weight
-            bias = torch.cat([p.bias[order] for p in projections])
+            bias = torch.cat([self.head_major(p.bias, 0) for p in projections])
             return torch.cat([weight, bias[:, None]], dim=1)  # bias as an extra column
 
         packed = self._qkv_cache.get(self._projection_parameters(projections), build)
@@ -193,7 +202,7 @@ class QuaternionMultiheadAttention(nn.Module):
     def _output_weight(self) -> Tensor:
         """Output block matrix with columns in head-major order ``(E, E)``."""
         comps = self.out_proj.components()
-        return self._out_cache.get(comps, lambda: self.out_proj.block_weight()[:, self._head_order])
+        return self._out_cache.get(comps, lambda: self.head_major(self.out_proj.block_weight(), 1))
 
     def _project_heads(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, L, E)`` inputs → q, k, v as ``(B, H, L, 4, d_h)`` views; ONE fused ``F.linear``

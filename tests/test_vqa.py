@@ -119,3 +119,27 @@ def test_tiny_experiment_run():
     assert any(h["name"].endswith("logit multiplications") and h["value"] == 4 for h in m["headline"])
     with pytest.raises(ValueError, match="unknown variant"):
         vqa_exp.run({**vqa_exp.config_dict("ci"), "clevr_variants": ["mlp"]})
+
+
+@pytest.mark.parametrize("head", ["ban", "unitary", "coattention"])
+def test_gradients_are_bitwise_repeatable_with_many_questions_per_image(head):
+    # Many questions share an image: gathering the image's regions per question must have a
+    # deterministic backward on a multi-threaded CPU (advanced indexing's scatter-add has not:
+    # with x[index] instead of index_select, this test fails on 2 threads).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        model = VQAModel(VQAConfig(vocab_size=12, n_answers=7, head=head, score="real"))
+        images = torch.randint(0, 255, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        questions = torch.randint(1, 12, (256, 6), generator=torch.Generator().manual_seed(2))
+        image_index = torch.arange(256) % 4
+        grads = []
+        for _ in range(4):
+            model.zero_grad(set_to_none=True)
+            logits, _ = model(images, questions, image_index)
+            (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

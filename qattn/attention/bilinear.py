@@ -156,7 +156,9 @@ class BilinearAttentionNetwork(nn.Module):
 
     @staticmethod
     def _regions(projected: Tensor, y_index: Tensor | None) -> Tensor:
-        return projected if y_index is None else projected[y_index]
+        # index_select, not projected[y_index]: with repeated indices the backward of advanced
+        # indexing (index_put_ with accumulation) is not deterministic on a multi-threaded CPU.
+        return projected if y_index is None else projected.index_select(0, y_index)
 
     def attention_maps(
         self, x: Tensor, y: Tensor, x_mask: Tensor | None = None, y_mask: Tensor | None = None, y_index: Tensor | None = None

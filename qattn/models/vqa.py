@@ -125,10 +125,12 @@ class VQAModel(nn.Module):
 
     def _attend_regions(self, q: Tensor, per_image: Tensor, image_index: Tensor) -> tuple[Tensor, Tensor]:
         """Unitary attention of a question vector ``(B, d_x)`` over its image's regions ``(φ, d_y)``."""
-        y_proj = F.relu(self.y_att(per_image))[image_index]  # projected once per image
+        # projected once per image; index_select because the backward of x[index] with repeated
+        # indices is not deterministic on a multi-threaded CPU (index_select's is)
+        y_proj = F.relu(self.y_att(per_image)).index_select(0, image_index)
         logits = self.att_p(F.relu(self.q_att(q))[:, None] * y_proj).squeeze(-1)
         weights = torch.softmax(logits, -1)
-        return torch.einsum("bj,bjd->bd", weights, per_image[image_index]), weights
+        return torch.einsum("bj,bjd->bd", weights, per_image.index_select(0, image_index)), weights
 
     def forward(self, images: Tensor, questions: Tensor, image_index: Tensor) -> tuple[Tensor, Tensor]:
         """Answer logits ``(B_q, n_answers)`` and attention maps; ``image_index[i]`` is question i's image."""
@@ -141,7 +143,7 @@ class VQAModel(nn.Module):
             v, maps = self._attend_regions(last, per_image, image_index)
             return self.classifier(F.relu(self.q_out(last)) * F.relu(self.y_out(v))), maps
         # co-attention: words guided by the mean region, then regions guided by the attended question
-        guide = per_image.mean(1)[image_index][:, None].expand(-1, states.shape[1], -1)
+        guide = per_image.mean(1).index_select(0, image_index)[:, None].expand(-1, states.shape[1], -1)
         word_logits = self.word_att(torch.tanh(torch.cat((states, guide), -1))).squeeze(-1).masked_fill(mask, float("-inf"))
         q = torch.einsum("bi,bid->bd", torch.softmax(word_logits, -1), states)
         v, maps = self._attend_regions(q, per_image, image_index)

@@ -80,10 +80,11 @@ class QuestionEncoder(nn.Module):
         self.gru = nn.GRU(embed, d_x, batch_first=True)
 
     def forward(self, questions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # Templated questions repeat a lot: encode each distinct question once, then gather.
+        # Templated questions repeat a lot: encode each distinct question once, then gather (with
+        # index_select: the backward of states[inverse] is not deterministic on a multi-threaded CPU).
         unique, inverse = torch.unique(questions, dim=0, return_inverse=True)
         states, last, mask = self._encode(unique)
-        return states[inverse], last[inverse], mask[inverse]
+        return states.index_select(0, inverse), last.index_select(0, inverse), mask.index_select(0, inverse)
 
     def _encode(self, questions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mask = questions == PAD

@@ -20,7 +20,7 @@ Usage (through the Makefile: ``make book`` or ``make book PROFILE=ci``)::
    path of ``index.html``.
 
 ``FRESH=1`` in the environment makes every experiment re-run instead of reusing results of the
-same config and code version (see :mod:`qattn.provenance`).
+same config and code version (see :mod:`qattn.book.provenance`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from qattn.book import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -194,11 +196,11 @@ def build_html() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    parser.add_argument("--results-dir", type=Path, help="results folder (default: build/results/<profile>)")
+    parser.add_argument("--results-dir", type=Path, help="results folder (default: qattn.book.paths.results_dir(profile): build/results/<profile> in a checkout)")
     parser.add_argument("--skip-execute", action="store_true", help="only rebuild the HTML from book/generated")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
-    results_dir = (args.results_dir or ROOT / "build" / "results" / profile.name).resolve()
+    results_dir = (args.results_dir or paths.results_dir(profile.name)).resolve()
 
     problems = check_toc()
     if problems:

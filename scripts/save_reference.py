@@ -17,7 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from qattn.report import load_results, reference_dir_for
+from qattn.book import paths
+from qattn.book.report import load_results, reference_dir_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="full")
     parser.add_argument("--results-dir", type=Path, help="default: build/results/<profile>")
     args = parser.parse_args(argv)
-    source = args.results_dir or ROOT / "build" / "results" / args.profile
+    source = args.results_dir or paths.results_dir(args.profile)
     results = load_results(source)
     if not results:
         print(f"save_reference: no results in {source}; run `make book PROFILE={args.profile}` first", file=sys.stderr)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from qattn.report import compare, reference_dir_for
+from qattn.book import paths
+from qattn.book.report import compare, reference_dir_for
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "book" / "_build" / "html"
-CI_RESULTS = ROOT / "build" / "results" / "ci"
+CI_RESULTS = paths.results_dir("ci")
 
 pytestmark = [
     pytest.mark.book,

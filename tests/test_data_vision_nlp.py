@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qattn.data import MissingDataError, stratified_split
-from qattn.data import fashion_mnist as fm
-from qattn.data import tweets as tw
+from qattn.book.data import MissingDataError, stratified_split
+from qattn.book.data import fashion_mnist as fm
+from qattn.book.data import tweets as tw
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from dataclasses import asdict
 
 import pytest
 
-from qattn.experiments import nlp, vision
-from qattn.models.blocks import VARIANTS
-from qattn.provenance import run_cached
+from qattn.book.experiments import nlp, vision
+from qattn.book.models.blocks import VARIANTS
+from qattn.book.provenance import run_cached
 
 TINY_VISION = dict(train_size=300, val_size=100, test_size=100, epochs=1, checkpoints=2, batch_size=64,
                    width=32, probe_size=16, n_examples=2, timing_batch=16, timing_rounds=1)

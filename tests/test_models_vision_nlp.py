@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from qattn.models.blocks import VARIANTS, count_parameters, initialise_, matched_width
-from qattn.models.text import TextTransformer, build_text_model
-from qattn.models.vit import VisionTransformer, build_vit, quaternion_patches
+from qattn.book.models.blocks import VARIANTS, count_parameters, initialise_, matched_width
+from qattn.book.models.text import TextTransformer, build_text_model
+from qattn.book.models.vit import VisionTransformer, build_vit, quaternion_patches
 
 SMALL_VIT = dict(width=32, depth=1, num_heads=2, patch_size=8)
 SMALL_TEXT = dict(vocab_size=30, num_classes=3, width=32, depth=2, num_heads=2, max_len=12)

@@ -1,11 +1,11 @@
-"""qattn.provenance: atomic writes, reuse by config and code version, FRESH=1, provenance fields."""
+"""qattn.book.provenance: atomic writes, reuse by config and code version, FRESH=1, provenance fields."""
 
 import json
 
 import pytest
 
-from qattn import provenance
-from qattn.provenance import code_version, read_json, run_cached, write_json_atomic
+from qattn.book import provenance
+from qattn.book.provenance import code_version, read_json, run_cached, write_json_atomic
 
 
 class Counter:

@@ -1,11 +1,11 @@
-"""qattn.report: headline entries, tolerances, and the run-vs-reference comparison."""
+"""qattn.book.report: headline entries, tolerances, and the run-vs-reference comparison."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from qattn.report import collect_headlines, compare, headline, load_results, to_markdown, within
+from qattn.book.report import collect_headlines, compare, headline, load_results, to_markdown, within
 
 
 def write(directory: Path, name: str, headlines: list[dict], **extra) -> None:
@@ -91,9 +91,10 @@ def test_compare_against_reference_and_paper(tmp_path):
 
 
 def test_reference_dir_and_provenance_table(tmp_path):
-    from qattn.report import REFERENCE_DIR, provenance_markdown, reference_dir_for
+    from qattn.book.report import provenance_markdown, reference_dir_for
 
-    assert reference_dir_for("full") == REFERENCE_DIR and reference_dir_for("ci") == REFERENCE_DIR / "ci"
+    root = Path(__file__).resolve().parents[1]  # the tests run inside the checkout
+    assert reference_dir_for("full") == root / "results" and reference_dir_for("ci") == root / "results" / "ci"
     write(tmp_path, "exp", [])
     results = load_results(tmp_path)
     results["exp"]["provenance"] = {"code_version": "abc", "git_commit": "0123456789abcdef", "git_dirty": False,

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from qattn.data import speech
-from qattn.data.common import MissingDataError
-from qattn.data.speech import (
+from qattn.book.data import speech
+from qattn.book.data.common import MissingDataError
+from qattn.book.data.speech import (
     NOISE_TYPES,
     SPEAKERS,
     SpeechCorpusConfig,

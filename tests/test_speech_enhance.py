@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from qattn.models.speech import SpeechEnhancer, SpeechModelConfig
-from qattn.speech.__main__ import main
-from qattn.speech.audio import read_wav, write_wav
+from qattn.book.models.speech import SpeechEnhancer, SpeechModelConfig
+from qattn.book.speech.__main__ import main
+from qattn.book.speech.audio import read_wav, write_wav
 
 TINY = SpeechModelConfig(growth=4, dense_width=8, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=3,
                          n_time_blocks=1, n_freq_blocks=1, encoder_dilations=(1,), decoder_dilations=(1,))

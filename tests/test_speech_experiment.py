@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from qattn.data.speech import SpeechSplit
-from qattn.experiments import speech as exp
-from qattn.report import collect_headlines
+from qattn.book.data.speech import SpeechSplit
+from qattn.book.experiments import speech_enhancement as exp
+from qattn.book.report import collect_headlines
 
 
 def test_profiles_and_errors():

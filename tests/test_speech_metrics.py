@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from qattn.speech import losses, metrics
+from qattn.book.speech import losses, metrics
 
 
 @pytest.fixture(scope="module")
 def speechlike():
     """A sentence spoken by espeak-ng (16 kHz) over a −60 dB noise floor, so no frame is silent."""
-    from qattn.data.speech import SPEAKERS, synthesize
+    from qattn.book.data.speech import SPEAKERS, synthesize
 
     x = synthesize("The quiet painter carried a wooden ladder across the bridge.", SPEAKERS["test"][0]).astype(np.float64)
     return 0.5 * x / np.max(np.abs(x)) + 5e-4 * np.random.default_rng(9).standard_normal(len(x))
@@ -77,7 +77,7 @@ def test_losses_identity_and_order(speechlike):
 
 
 def test_mr_stft_gradient_stays_bounded_near_silence():
-    from qattn.speech.losses import mr_stft_loss
+    from qattn.book.speech.losses import mr_stft_loss
 
     ref = torch.zeros(1, 8000)
     ref[0, 2000:4000] = torch.sin(torch.arange(2000) * 0.3)
@@ -88,7 +88,7 @@ def test_mr_stft_gradient_stays_bounded_near_silence():
 
 def test_mr_stft_gradient_explodes_without_the_floor(monkeypatch):
     """Negative control for the test above: a negligible floor gives the huge gradients it guards against."""
-    from qattn.speech.losses import mr_stft_loss
+    from qattn.book.speech.losses import mr_stft_loss
 
     monkeypatch.setattr(losses, "MAG_FLOOR", 1e-12)
     ref = torch.zeros(1, 8000)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qattn.models.speech import (
+from qattn.book.models.speech import (
     QuaternionBatchNorm2d,
     SpeechEnhancer,
     SpeechModelConfig,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from qattn.data import vqa as vqa_data
-from qattn.data.common import MissingDataError
-from qattn.data.vqa import SORT_OF_CLEVR_COLOURS, Vocabulary, load_easy_vqa, make_sort_of_clevr
-from qattn.experiments import vqa as vqa_exp
-from qattn.models.vqa import VQAConfig, VQAModel
+from qattn.book.data import vqa as vqa_data
+from qattn.book.data.common import MissingDataError
+from qattn.book.data.vqa import SORT_OF_CLEVR_COLOURS, Vocabulary, load_easy_vqa, make_sort_of_clevr
+from qattn.book.experiments import vqa as vqa_exp
+from qattn.book.models.vqa import VQAConfig, VQAModel
 
 
 @pytest.fixture(scope="module")

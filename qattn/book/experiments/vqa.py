@@ -1,0 +1,287 @@
+"""VQA experiment: BAN and its quaternion variants against unitary and co-attention baselines.
+
+Two data sets (see :mod:`qattn.book.data.vqa`): easy-VQA (a published small benchmark) and generated
+Sort-of-CLEVR scenes with relational questions. Every variant shares the trunk (CNN regions,
+GRU question states) and differs only in its attention head; all variants of a data set see the
+same data, seeds and budget. Training: Adam, batches of whole images with all their questions
+(the CNN runs once per image), gradient clipping, cross-entropy on the single answer (the BAN
+paper uses binary cross-entropy on VQA 2.0's soft scores; our answers are single labels). The
+checkpoint is chosen on validation accuracy; test accuracy is measured once, for that checkpoint.
+
+``run(config)`` returns per data set and variant: test accuracy overall and per question type
+(mean ± std over seeds, and per seed), parameters, inference time (variants interleaved), the
+entropy of each glimpse's joint map, the mean pairwise Jensen-Shannon divergence between the four
+component maps of the Hamilton variant, the measured multiplications of the attention logits, and
+the learning curves.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from qattn.metrics import mean_pairwise_js
+from qattn.attention.bilinear import bilinear_logits
+from qattn.book.data.vqa import RELATIONAL_TYPES, VQASet, load_easy_vqa, make_sort_of_clevr
+from qattn.book.models.vqa import VQAConfig, VQAModel
+
+__all__ = ["VARIANTS", "ExperimentConfig", "config_for", "build_model", "train_variant", "run"]
+
+#: variant name → (head, score, glimpses)
+VARIANTS: dict[str, tuple[str, str, int]] = {
+    "unitary": ("unitary", "real", 1),
+    "coattention": ("coattention", "real", 1),
+    "ban1": ("ban", "real", 1),
+    "ban2": ("ban", "real", 2),
+    "ban4": ("ban", "real", 4),
+    "qban_shared": ("ban", "shared", 2),
+    "qban_hamilton": ("ban", "hamilton", 2),
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one run of the chapter depends on."""
+
+    profile: str = "full"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    easy_variants: list[str] = field(default_factory=lambda: ["ban2", "qban_shared", "qban_hamilton"])
+    clevr_variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    easy_limit_images: int | None = 1000
+    easy_epochs: int = 3
+    clevr_sizes: tuple[int, int, int] = (600, 100, 100)
+    clevr_epochs: int = 3
+    images_per_batch: int = 32
+    lr: float = 2e-3
+    clip: float = 1.0
+    d: int = 64
+    channels: int = 32
+    threads: int = 2
+    data_seed: int = 0
+
+
+def config_for(profile: str, seed: int = 0) -> ExperimentConfig:
+    """The ``ci`` (about a minute) or ``full`` profile; ``seed`` offsets the model seeds."""
+    if profile == "full":
+        return ExperimentConfig(profile="full", seeds=[seed, seed + 1, seed + 2])
+    if profile == "ci":
+        return ExperimentConfig(
+            profile="ci", seeds=[seed], easy_limit_images=150, easy_epochs=1, clevr_sizes=(120, 30, 30),
+            clevr_epochs=1, clevr_variants=["unitary", "coattention", "ban1", "ban2", "qban_shared", "qban_hamilton"],
+        )
+    raise ValueError(f"profile must be 'ci' or 'full', got {profile!r}")
+
+
+def build_model(variant: str, data: VQASet, vocab_size: int, cfg: ExperimentConfig) -> VQAModel:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
+    head, score, glimpses = VARIANTS[variant]
+    return VQAModel(VQAConfig(vocab_size=vocab_size, n_answers=len(data.answer_names), head=head, score=score, glimpses=glimpses,
+                              d_x=cfg.d, d_y=cfg.d, hidden=cfg.d, channels=cfg.channels))
+
+
+def _image_batches(data: VQASet, images_per_batch: int, order: np.ndarray):
+    """Yield (images, questions, local image index, answers, question ids) for groups of whole images."""
+    by_image = np.argsort(data.image_index, kind="stable")
+    starts = np.searchsorted(data.image_index[by_image], np.arange(len(data.images) + 1))
+    for lo in range(0, len(order), images_per_batch):
+        imgs = order[lo:lo + images_per_batch]
+        qids = np.concatenate([by_image[starts[i]:starts[i + 1]] for i in imgs])
+        local = np.searchsorted(np.sort(imgs), data.image_index[qids])
+        imgs_sorted = np.sort(imgs)
+        yield (torch.from_numpy(data.images[imgs_sorted]), torch.from_numpy(data.questions[qids]),
+               torch.from_numpy(local), torch.from_numpy(data.answers[qids]), qids)
+
+
+@torch.no_grad()
+def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False) -> dict[str, Any]:
+    model.eval()
+    correct = np.zeros(len(data), dtype=bool)
+    entropies: list[Tensor] = []
+    divergences: list[Tensor] = []
+    for images, questions, local, answers, qids in _image_batches(data, 64, np.arange(len(data.images))):
+        logits, maps = model(images, questions, local)
+        correct[qids] = (logits.argmax(-1) == answers).numpy()
+        if collect_maps and model.config.head == "ban":
+            flat = maps.flatten(-2)  # (B, G[, 4], ρ·φ)
+            entropy = -torch.xlogy(flat, flat).sum(-1)  # (B, G) or (B, G, 4) for the four Hamilton maps
+            entropies.append(entropy.mean(-1) if entropy.dim() == 3 else entropy)
+            if model.config.score == "hamilton":
+                divergences.append(mean_pairwise_js(flat, component_dim=2))  # (B, G)
+    per_type = {name: float(correct[data.types == t].mean()) for t, name in enumerate(data.type_names) if (data.types == t).any()}
+    out: dict[str, Any] = {"accuracy": float(correct.mean()), "per_type": per_type}
+    relational = np.isin(np.array(data.type_names)[data.types], RELATIONAL_TYPES)
+    if relational.any():
+        out["relational"] = float(correct[relational].mean())
+        out["non_relational"] = float(correct[~relational].mean())
+    if entropies:
+        out["glimpse_entropy_nats"] = torch.cat(entropies).mean(0).tolist()
+    if divergences:
+        out["component_js_bits"] = torch.cat(divergences).mean(0).tolist()
+    return out
+
+
+def train_variant(variant: str, train: VQASet, val: VQASet, test: VQASet, vocab_size: int, cfg: ExperimentConfig, epochs: int, seed: int,
+                  log: Callable[[str], None] = print, examples: list[int] | None = None) -> dict[str, Any]:
+    """Train one variant with one seed; select on validation; evaluate the test split once.
+
+    ``examples``: test question ids whose attention maps (and predicted answers) are returned.
+    """
+    torch.manual_seed(seed)
+    model = build_model(variant, train, vocab_size, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(seed)
+    curve = []
+    best = (-1.0, None, -1)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        for images, questions, local, answers, _ in _image_batches(train, cfg.images_per_batch, rng.permutation(len(train.images))):
+            logits, _ = model(images, questions, local)
+            loss = F.cross_entropy(logits, answers)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            losses.append(loss.item())
+        val_acc = _evaluate(model, val)["accuracy"]
+        curve.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_accuracy": val_acc})
+        if val_acc > best[0]:
+            best = (val_acc, copy.deepcopy(model.state_dict()), epoch + 1)
+    model.load_state_dict(best[1])
+    wall = time.perf_counter() - start
+    result = _evaluate(model, test, collect_maps=True)
+    if examples:
+        result["examples"] = _examples(model, test, examples)
+    log(f"[vqa] {variant:14s} seed {seed}: val {best[0]:.3f} (epoch {best[2]}), test {result['accuracy']:.3f}  ({wall:.0f} s)")
+    return {"seed": seed, "best_epoch": best[2], "val_accuracy": best[0], "train_time_s": wall, "curve": curve, **result,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+@torch.no_grad()
+def _examples(model: VQAModel, data: VQASet, qids: list[int]) -> list[dict[str, Any]]:
+    """Attention maps of a few test questions, for the chapter's figures."""
+    model.eval()
+    out = []
+    for q in qids:
+        img = int(data.image_index[q])
+        logits, maps = model(torch.from_numpy(data.images[img:img + 1]), torch.from_numpy(data.questions[q:q + 1]), torch.zeros(1, dtype=torch.long))
+        n_tokens = int((data.questions[q] != 0).sum())
+        out.append({"question_id": int(q), "text": data.texts[q], "answer": data.answer_names[int(data.answers[q])],
+                    "predicted": data.answer_names[int(logits.argmax())],
+                    "maps": maps[0, ..., :n_tokens, :].tolist() if maps.dim() >= 4 else maps[0].tolist()})
+    return out
+
+
+def _logit_multiplications(variant: str, data: VQASet, vocab_size: int, cfg: ExperimentConfig) -> int | None:
+    """Multiplications of the attention logits for one question, measured with FlopCounterMode."""
+    if VARIANTS[variant][0] != "ban":
+        return None
+    model = build_model(variant, data, vocab_size, cfg).eval()
+    rho, phi = data.questions.shape[1], 64
+    u, v = torch.rand(1, rho, cfg.d), torch.rand(1, phi, cfg.d)
+    with FlopCounterMode(display=False) as counter:
+        bilinear_logits(u, v, model.ban.p, model.ban.bias, model.ban.score)
+    return int(counter.get_total_flops() // 2)
+
+
+@torch.no_grad()
+def _time_inference(variants: list[str], data: VQASet, vocab_size: int, cfg: ExperimentConfig, repeats: int = 7) -> dict[str, dict[str, float]]:
+    """Forward time of a 16-image batch, variants interleaved; median/min/max seconds."""
+    models = {v: build_model(v, data, vocab_size, cfg).eval() for v in variants}
+    images, questions, local, _, _ = next(_image_batches(data, 16, np.arange(min(16, len(data.images)))))
+    samples: dict[str, list[float]] = {v: [] for v in variants}
+    for rep in range(repeats + 1):
+        for v in variants[rep % len(variants):] + variants[: rep % len(variants)]:
+            t0 = time.perf_counter()
+            models[v](images, questions, local)
+            if rep:
+                samples[v].append(time.perf_counter() - t0)
+    return {v: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s)} for v, s in samples.items()}
+
+
+def _pick_examples(data: VQASet, seed: int, per_type: int = 1) -> list[int]:
+    """One test question of each type (deterministic), for the attention figures."""
+    rng = np.random.default_rng(seed)
+    return [int(rng.choice(np.flatnonzero(data.types == t))) for t in range(len(data.type_names)) if (data.types == t).any()][: 6 * per_type]
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+    out = {"accuracy": stats([r["accuracy"] for r in runs]), "parameters": runs[0]["parameters"],
+           "per_type": {t: stats([r["per_type"][t] for r in runs]) for t in runs[0]["per_type"]}}
+    for key in ("relational", "non_relational"):
+        if key in runs[0]:
+            out[key] = stats([r[key] for r in runs])
+    for key in ("glimpse_entropy_nats", "component_js_bits"):
+        if key in runs[0]:
+            out[key] = np.mean([r[key] for r in runs], axis=0).tolist()
+    return out
+
+
+def run(config: ExperimentConfig | dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole chapter; returns JSON-serialisable metrics (see the module docstring)."""
+    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig(**config)
+    unknown = set(cfg.easy_variants + cfg.clevr_variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; expected names from {list(VARIANTS)}")
+    torch.set_num_threads(cfg.threads)
+    datasets = {}
+    t0 = time.perf_counter()
+    if cfg.easy_variants:
+        datasets["easy_vqa"] = (load_easy_vqa(cfg.data_seed, limit_images=cfg.easy_limit_images), cfg.easy_variants, cfg.easy_epochs)
+    if cfg.clevr_variants:
+        datasets["sort_of_clevr"] = (make_sort_of_clevr(*cfg.clevr_sizes, seed=cfg.data_seed), cfg.clevr_variants, cfg.clevr_epochs)
+    log(f"[vqa] data ready in {time.perf_counter() - t0:.0f} s")
+    metrics: dict[str, Any] = {}
+    for name, ((train, val, test, vocab), variants, epochs) in datasets.items():
+        examples = _pick_examples(test, cfg.data_seed)
+        runs = {v: [train_variant(v, train, val, test, len(vocab.words), cfg, epochs, s, log, examples if s == cfg.seeds[0] else None)
+                    for s in cfg.seeds] for v in variants}
+        timing = _time_inference(variants, test, len(vocab.words), cfg)
+        metrics[name] = {
+            "sizes": {"train_questions": len(train), "val_questions": len(val), "test_questions": len(test),
+                      "train_images": len(train.images), "answers": len(train.answer_names)},
+            "type_names": train.type_names,
+            "variants": {v: {**_summarise(runs[v]), "runs": runs[v], "inference": timing[v],
+                             "logit_multiplications": _logit_multiplications(v, test, len(vocab.words), cfg)} for v in variants},
+        }
+    metrics["headline"] = _headline(metrics)
+    return metrics
+
+
+def _headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+
+    def add(name: str, value: float, tolerance: float, kind: str = "relative") -> None:
+        if value is not None and math.isfinite(value):
+            rows.append({"name": name, "value": value, "tolerance": tolerance, "kind": kind})
+
+    for ds, m in metrics.items():
+        for v, r in m["variants"].items():
+            add(f"{ds}: {v} test accuracy", r["accuracy"]["mean"], 0.05)
+        var = m["variants"]
+        if "qban_shared" in var and "qban_hamilton" in var:
+            add(f"{ds}: qban_hamilton / qban_shared inference time", var["qban_hamilton"]["inference"]["median_s"] / var["qban_shared"]["inference"]["median_s"], 0.5, "ratio")
+            add(f"{ds}: qban_hamilton / qban_shared logit multiplications", var["qban_hamilton"]["logit_multiplications"] / var["qban_shared"]["logit_multiplications"], 0, "exact")
+    return rows
+
+
+def config_dict(profile: str, seed: int = 0) -> dict[str, Any]:
+    """``asdict(config_for(profile, seed))``, for :func:`qattn.book.provenance.run_cached`."""
+    return asdict(config_for(profile, seed))
+

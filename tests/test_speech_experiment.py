@@ -6,6 +6,7 @@ import torch
 
 from qattn.book.data.speech import SpeechSplit
 from qattn.book.experiments import speech_enhancement as exp
+from qattn.book.experiments.speech_enhancement import training as speech_training
 from qattn.book.report import collect_headlines
 
 
@@ -23,7 +24,7 @@ def test_batches_depend_only_on_the_seed():
     rng = np.random.default_rng(0)
     split = SpeechSplit([rng.standard_normal(n).astype(np.float32) for n in (3000, 9000)],
                         [rng.standard_normal(n).astype(np.float32) for n in (3000, 9000)])
-    a, b, c = (exp._batches(split, 3, 2, 4000, s) for s in (0, 0, 1))
+    a, b, c = (exp.training_batches(split, 3, 2, 4000, s) for s in (0, 0, 1))
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
     assert not torch.equal(a[0][0], c[0][0])
     assert a[0][0].shape == (2, 4000)
@@ -51,10 +52,10 @@ def test_headline_entries_follow_the_report_format():
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    f = [exp._lr_factor(s, 100, 10, True) for s in range(100)]
+    f = [speech_training._lr_factor(s, 100, 10, True) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
-    assert [exp._lr_factor(s, 100, 0, False) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert [speech_training._lr_factor(s, 100, 0, False) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
 
 
 def test_materialised_maps_change_the_path_not_the_output():
@@ -75,7 +76,7 @@ def test_materialised_maps_change_the_path_not_the_output():
 
 
 def test_peak_memory_grows_with_the_materialised_maps():
-    cfg = exp._model_config(exp.config_for("ci").model, "qtransformer_hamilton")
+    cfg = exp.model_config(exp.config_for("ci").model, "qtransformer_hamilton")
     fused = exp.peak_memory(cfg, 2.0, threads=1)
     maps = exp.peak_memory(cfg, 2.0, threads=1, materialise_maps=True)
     assert fused["ok"] and maps["ok"], (fused, maps)

@@ -1,0 +1,154 @@
+"""The speech-enhancement experiment's configuration: variants, paper numbers, profiles.
+
+>>> cfg = config_for("ci")
+>>> cfg.profile, cfg.variants[0]
+('ci', 'real_conformer')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from qattn.book.models.speech import N_FFT, SpeechEnhancer, SpeechModelConfig
+
+
+VARIANTS: dict[str, dict[str, str]] = {
+    "real_conformer": {"kind": "real", "bottleneck": "conformer", "score": "shared"},
+    "qtransformer_hamilton": {"kind": "quaternion", "bottleneck": "transformer", "score": "hamilton"},
+    "qtransformer_shared": {"kind": "quaternion", "bottleneck": "transformer", "score": "shared"},
+    "qconformer_hamilton": {"kind": "quaternion", "bottleneck": "conformer", "score": "hamilton"},
+    "qconformer_shared": {"kind": "quaternion", "bottleneck": "conformer", "score": "shared"},
+}
+
+
+LABELS = {
+    "noisy": "Noisy input",
+    "real_conformer": "Conformer (real-valued)",
+    "qtransformer_hamilton": "QTransformer, Hamilton",
+    "qtransformer_shared": "QTransformer, shared",
+    "qconformer_hamilton": "QConformer, Hamilton",
+    "qconformer_shared": "QConformer, shared",
+}
+
+
+#: Paper table 2 (VoiceBank+DEMAND): PESQ, STOI.
+PAPER_QUALITY = {
+    "noisy": (1.97, 0.91),
+    "real_conformer": (3.25, 0.95),
+    "qtransformer_hamilton": (3.07, 0.95),
+    "qtransformer_shared": (3.07, 0.95),
+    "qconformer_hamilton": (3.11, 0.95),
+    "qconformer_shared": (3.18, 0.95),
+}
+
+
+#: Paper table 3 (DNS-3, 6.86 s): CPU RTF hamilton, shared, reduction %; GPU likewise.
+PAPER_RTF = {
+    "qtransformer": {"cpu": (0.594, 0.249, 58.1), "gpu": (0.0192, 0.0107, 44.3)},
+    "qconformer": {"cpu": (0.610, 0.259, 57.5), "gpu": (0.0202, 0.0157, 22.3)},
+}
+
+
+#: Frequency bins after the encoder's stride-2 convolution (F = n_fft/2 + 1 = 201 → 101).
+FREQ_BOTTLENECK = (N_FFT // 2 + 2) // 2
+
+
+PAPER_PARAMS = {"qconformer": 0.80e6, "qtransformer": 0.62e6, "real_conformer": 3.19e6}
+
+
+@dataclass
+class SpeechExperimentConfig:
+    """Everything one run does; ``config_for(profile)`` gives the two profiles."""
+
+    profile: str = "full"
+    seed: int = 0
+    corpus: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    quaternion_seeds: int = 2
+    real_seeds: int = 1
+    steps: int = 36
+    batch_size: int = 4
+    crop_s: float = 0.5
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    warmup_steps: int = 0
+    cosine_decay: bool = False
+    clip_norm: float = 1.0
+    valid_every: int = 8
+    valid_crop_s: float = 1.0
+    n_test: int | None = None
+    train_threads: int = 1
+    threads: int = 2
+    timing_lengths: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 6.86])
+    timing_warmup: int = 1
+    timing_repeats: int = 5
+    release_timing: bool = True
+    release_whole_s: float = 6.86
+    release_whole_repeats: int = 3
+    maps_limit_gb: float = 8.0
+    memory: bool = True
+    release_memory: bool = True
+    divergence_s: float = 1.0
+    divergence_sequences: int = 8
+    n_examples: int = 3
+    real_clip: str = "/usr/share/sounds/alsa/Front_Center.wav"
+
+
+def config_for(profile: str, seed: int = 0, **overrides: Any) -> SpeechExperimentConfig:
+    """The ``ci`` (about 2 minutes) or ``full`` (about 25 minutes on 2 cores) profile."""
+    narrow = dict(growth=8, dense_width=16, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=7,
+                  n_time_blocks=1, n_freq_blocks=1, encoder_dilations=[1, 2], decoder_dilations=[2, 1],
+                  dropout=0.0, attn_dropout=0.0)
+    if profile == "full":
+        cfg = SpeechExperimentConfig(
+            profile="full", seed=seed, model=narrow,
+            corpus=dict(n_train=120, n_valid=8, n_test=12, max_seconds=2.5, seed=seed),
+            steps=80, valid_every=10, warmup_steps=10, cosine_decay=True, betas=(0.9, 0.999), train_threads=2,
+            timing_repeats=3, release_whole_repeats=2, release_memory=False,
+        )
+    elif profile == "ci":
+        tiny = dict(narrow, encoder_dilations=[1], decoder_dilations=[1], growth=4, dense_width=8)
+        cfg = SpeechExperimentConfig(
+            profile="ci", seed=seed, model=tiny,
+            corpus=dict(n_train=8, n_valid=2, n_test=3, max_seconds=1.5, seed=seed),
+            quaternion_seeds=1, steps=2, batch_size=2, valid_every=2, valid_crop_s=0.5,
+            timing_lengths=[1.0], timing_repeats=2, release_timing=False, release_whole_s=1.0,
+            divergence_s=0.5, divergence_sequences=2, n_examples=1,
+        )
+    else:
+        raise ValueError(f"profile must be 'ci' or 'full', got {profile!r}")
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown config field {key!r}")
+        setattr(cfg, key, value)
+    return cfg
+
+
+def as_config(config: SpeechExperimentConfig | Mapping[str, Any]) -> SpeechExperimentConfig:
+    if isinstance(config, SpeechExperimentConfig):
+        return config
+    names = {f.name for f in dataclasses.fields(SpeechExperimentConfig)}
+    return SpeechExperimentConfig(**{k: v for k, v in config.items() if k in names})
+
+
+def model_config(base: Mapping[str, Any], variant: str) -> SpeechModelConfig:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
+    kw = dict(base)
+    for key in ("encoder_dilations", "decoder_dilations"):
+        if key in kw:
+            kw[key] = tuple(kw[key])
+    return SpeechModelConfig(**{**kw, **VARIANTS[variant]})  # type: ignore[arg-type]
+
+
+def build_model(base: Mapping[str, Any], variant: str, seed: int) -> SpeechEnhancer:
+    """The model of ``variant``, initialised under ``seed`` without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SpeechEnhancer(model_config(base, variant))

@@ -9,10 +9,13 @@ torch.Size([1, 3, 32])
 """
 
 from qattn.attention import (
+    Mechanism,
     QuaternionMultiheadAttention,
+    get_mechanism,
     hamilton_attention,
     hamilton_scores,
     hamilton_scores_reference,
+    mechanism_names,
     shared_score_attention,
     shared_scores,
 )
@@ -21,14 +24,17 @@ from qattn.layers import QuaternionConv1d, QuaternionConv2d, QuaternionConvTrans
 __version__ = "0.1.0"
 
 __all__ = [
+    "Mechanism",
     "QuaternionConv1d",
     "QuaternionConv2d",
     "QuaternionConvTranspose2d",
     "QuaternionLinear",
     "QuaternionMultiheadAttention",
+    "get_mechanism",
     "hamilton_attention",
     "hamilton_scores",
     "hamilton_scores_reference",
+    "mechanism_names",
     "shared_score_attention",
     "shared_scores",
 ]

@@ -2,21 +2,26 @@
 
 - :mod:`~qattn.attention.shared_score`: the paper's shared-score quaternion attention.
 - :mod:`~qattn.attention.hamilton`: Tay et al.'s component-wise (Hamilton) attention.
-- :mod:`~qattn.attention.multihead`: ``QuaternionMultiheadAttention`` (either score).
+- :mod:`~qattn.attention.multihead`: ``QuaternionMultiheadAttention`` (any registered score).
+- :mod:`~qattn.attention.registry`: the registered mechanisms (``Mechanism`` specs by name).
 - :mod:`~qattn.attention.bilinear`: bilinear attention networks (BAN) and their quaternion variants.
 """
 
 from qattn.attention.bilinear import BilinearAttentionNetwork
 from qattn.attention.hamilton import hamilton_attention, hamilton_scores, hamilton_scores_reference
 from qattn.attention.multihead import QuaternionMultiheadAttention
+from qattn.attention.registry import Mechanism, get_mechanism, mechanism_names
 from qattn.attention.shared_score import shared_score_attention, shared_scores
 
 __all__ = [
     "BilinearAttentionNetwork",
+    "Mechanism",
     "QuaternionMultiheadAttention",
+    "get_mechanism",
     "hamilton_attention",
     "hamilton_scores",
     "hamilton_scores_reference",
+    "mechanism_names",
     "shared_score_attention",
     "shared_scores",
 ]

@@ -1,9 +1,10 @@
-"""``QuaternionMultiheadAttention``: the multi-head layer around the shared and Hamilton cores.
+"""``QuaternionMultiheadAttention``: the multi-head layer around the registered cores (shared, Hamilton, ...).
 
 Queries, keys and values come from :class:`~qattn.layers.QuaternionLinear` projections; the
-output goes through one more. The score variant is a constructor argument (``score="shared"``
-or ``"hamilton"``), so two layers that differ only in their scores have identical parameters
-and, built under the same seed, identical initial values.
+output goes through one more. The score variant is a constructor argument, the name of a
+registered mechanism (:func:`~qattn.attention.registry.mechanism_names`: ``score="shared"``,
+``"hamilton"``, ...), whose functional core the layer calls; so two layers that differ only in
+their scores have identical parameters and, built under the same seed, identical initial values.
 
 Head layout (``head_split``)
 ----------------------------
@@ -34,17 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qattn.attention import _masks
-from qattn.attention.hamilton import hamilton_attention
-from qattn.attention.shared_score import shared_score_attention
+from qattn.attention.registry import Mechanism, get_mechanism, mechanism_names
 from qattn.layers import BlockCache, QuaternionLinear
 
-__all__ = ["QuaternionMultiheadAttention", "head_order", "SCORES", "HEAD_SPLITS"]
+__all__ = ["QuaternionMultiheadAttention", "head_order", "HEAD_SPLITS"]
 
-ScoreName = Literal["shared", "hamilton"]
 HeadSplit = Literal["components", "release"]
-SCORES = ("shared", "hamilton")
 HEAD_SPLITS = ("components", "release")
-_CORES = {"shared": shared_score_attention, "hamilton": hamilton_attention}
 
 
 def head_order(embed_dim: int, num_heads: int, head_split: str, device: torch.device | str | None = None) -> Tensor:
@@ -64,7 +61,7 @@ def head_order(embed_dim: int, num_heads: int, head_split: str, device: torch.de
 
 
 class QuaternionMultiheadAttention(nn.Module):
-    """Multi-head quaternion attention with shared (one softmax) or Hamilton (four softmaxes) scores.
+    """Multi-head quaternion attention with any registered score (e.g. shared: one softmax; Hamilton: four).
 
     Parameters
     ----------
@@ -72,9 +69,11 @@ class QuaternionMultiheadAttention(nn.Module):
         Model width in real units; a multiple of ``4·num_heads``.
     num_heads : int
         Number of heads; each has ``d_h = embed_dim / (4·num_heads)`` quaternion units.
-    score : {"shared", "hamilton"}
-        ``"shared"``: Re(q ⊗ k̄), one softmax shared by the four components (the paper);
-        ``"hamilton"``: Tay et al.'s four Hamilton-product score maps and four softmaxes.
+    score : str
+        The name of a registered mechanism, one of
+        :func:`~qattn.attention.registry.mechanism_names`: ``"shared"``: Re(q ⊗ k̄), one softmax
+        shared by the four components (the paper); ``"hamilton"``: Tay et al.'s four
+        Hamilton-product score maps and four softmaxes.
     head_split : {"components", "release"}
         ``"components"`` (default) or ``"release"`` (the ablation of the module docstring).
     dropout : float
@@ -88,8 +87,9 @@ class QuaternionMultiheadAttention(nn.Module):
 
     Notes
     -----
-    ``forward`` returns ``(output, weights)``. Weights are ``(B, H, N, S)`` for shared scores and
-    ``(B, H, 4, N, S)`` for Hamilton scores, averaged over heads to ``(B, N, S)`` /
+    ``forward`` returns ``(output, weights)``. Weights are the core's: ``(B, H, N, S)`` for a
+    mechanism with one map per head (shared) and ``(B, H, 4, N, S)`` for one with four
+    (Hamilton; see ``Mechanism.maps_per_head``), averaged over heads to ``(B, N, S)`` /
     ``(B, 4, N, S)`` when ``average_attn_weights`` is True, or ``None`` if not ``need_weights``.
 
     Examples
@@ -110,7 +110,7 @@ class QuaternionMultiheadAttention(nn.Module):
         self,
         embed_dim: int,
         num_heads: int,
-        score: ScoreName = "shared",
+        score: str = "shared",
         head_split: HeadSplit = "components",
         dropout: float = 0.0,
         bias: bool = True,
@@ -126,8 +126,8 @@ class QuaternionMultiheadAttention(nn.Module):
                 f"embed_dim must be a positive multiple of 4·num_heads = {4 * num_heads} "
                 f"(each head needs whole quaternion units of every component), got {embed_dim!r}"
             )
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if score not in mechanism_names():
+            raise ValueError(f"score must be one of {mechanism_names()} (the registered mechanisms), got {score!r}")
         if head_split not in HEAD_SPLITS:
             raise ValueError(f"head_split must be one of {HEAD_SPLITS}, got {head_split!r}")
         if not 0.0 <= dropout < 1.0:
@@ -142,6 +142,11 @@ class QuaternionMultiheadAttention(nn.Module):
         self.v_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self.out_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self._qkv_cache, self._out_cache = BlockCache(), BlockCache()
+
+    @property
+    def mechanism(self) -> Mechanism:
+        """The registry spec of this layer's ``score`` (its core is what ``forward`` calls)."""
+        return get_mechanism(self.score)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={self.score!r}, head_split={self.head_split!r}"
@@ -286,7 +291,7 @@ class QuaternionMultiheadAttention(nn.Module):
 
         mask = self._merge_masks(attn_mask, key_padding_mask, b, n, s, query.dtype)
         q, k, v = self._project_heads(query, key, value)
-        out, weights = _CORES[self.score](
+        out, weights = self.mechanism.core(
             q, k, v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qattn.attention import _masks
+from qattn.attention._spec import Mechanism
 
-__all__ = ["shared_scores", "shared_score_attention", "check_core_inputs"]
+__all__ = ["shared_scores", "shared_score_attention", "check_core_inputs", "MECHANISM"]
 
 
 def check_core_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -112,3 +113,17 @@ def shared_score_attention(
         if weights is not None:
             weights = weights.masked_fill(dead, 0.0)
     return out.unflatten(-1, (4, d_v)), weights
+
+
+MECHANISM = Mechanism(
+    name="shared",
+    core=shared_score_attention,
+    summary="Shared scores Re(q ⊗ k̄): one softmax per head, shared by the four value components (the paper).",
+    maps_per_head=1,
+    returns_weights=True,
+    bool_mask=True,
+    float_mask=True,
+    causal=True,
+    cross_attention=True,
+)
+"""Registry spec of the shared-score mechanism (see :mod:`qattn.attention.registry`)."""

@@ -2,11 +2,12 @@
 
 Variants (``VARIANTS``):
 
-- ``"shared"`` / ``"hamilton"``: quaternion blocks. Attention is
-  :class:`~qattn.attention.QuaternionMultiheadAttention` with ``score="shared"`` or
-  ``score="hamilton"``; the feed-forward layers are :class:`~qattn.layers.QuaternionLinear`. The two
-  have the same modules and parameters, and :func:`initialise_` with generators in the same state
-  gives them identical values: they differ only in how the scores are formed.
+- ``"shared"`` / ``"hamilton"`` (``QUATERNION_VARIANTS``: every registered mechanism, see
+  :func:`~qattn.attention.registry.mechanism_names`): quaternion blocks. Attention is
+  :class:`~qattn.attention.QuaternionMultiheadAttention` with ``score=<variant>``; the
+  feed-forward layers are :class:`~qattn.layers.QuaternionLinear`. They all have the same modules
+  and parameters, and :func:`initialise_` with generators in the same state gives them identical
+  values: they differ only in how the scores are formed.
 - ``"real_same_width"``: the real-valued counterpart at the same width (``nn.MultiheadAttention``
   and ``nn.Linear``), about 4× the parameters of the quaternion blocks.
 - ``"real_same_params"``: the same real block at a smaller width, chosen by :func:`matched_width`
@@ -29,12 +30,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from qattn.attention import QuaternionMultiheadAttention
+from qattn.attention import QuaternionMultiheadAttention, mechanism_names
 from qattn.layers import QuaternionLinear
 
 __all__ = [
     "VARIANTS",
     "QUATERNION_VARIANTS",
+    "REAL_VARIANTS",
     "make_linear",
     "make_attention",
     "FeedForward",
@@ -45,13 +47,17 @@ __all__ = [
     "matched_width",
 ]
 
-VARIANTS = ("shared", "hamilton", "real_same_width", "real_same_params")
-QUATERNION_VARIANTS = ("shared", "hamilton")
+QUATERNION_VARIANTS = mechanism_names()
+REAL_VARIANTS = ("real_same_width", "real_same_params")
+VARIANTS = QUATERNION_VARIANTS + REAL_VARIANTS
 
 
 def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        raise ValueError(
+            f"variant must be one of {VARIANTS} (the registered quaternion mechanisms {QUATERNION_VARIANTS} "
+            f"or a real baseline {REAL_VARIANTS}), got {variant!r}"
+        )
 
 
 def make_linear(variant: str, in_features: int, out_features: int) -> nn.Module:

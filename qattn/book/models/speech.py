@@ -14,11 +14,11 @@ Data flow for a wave ``(B, n)`` at 16 kHz::
 
 ``kind="quaternion"`` builds every layer from :mod:`qattn.layers` (blocked r|i|j|k channels),
 with the quaternion batch norm of the release (:class:`QuaternionBatchNorm2d`) and
-:class:`~qattn.attention.QuaternionMultiheadAttention` with ``score="shared"`` or
-``"hamilton"``; ``kind="real"`` replaces each layer by its real counterpart of the same size
-(about 4× the parameters). Channel concatenations of quaternion tensors are done per component
-(:func:`cat_channels`), so the result is again in the blocked layout; the gated linear unit of
-the conformer convolution module splits each component in halves likewise.
+:class:`~qattn.attention.QuaternionMultiheadAttention` with ``score="shared"``, ``"hamilton"``
+or any other registered mechanism; ``kind="real"`` replaces each layer by its real counterpart of
+the same size (about 4× the parameters). Channel concatenations of quaternion tensors are done
+per component (:func:`cat_channels`), so the result is again in the blocked layout; the gated
+linear unit of the conformer convolution module splits each component in halves likewise.
 
 The release-sized configurations (:func:`release_config`) have about 0.80 M (Conformer) and
 0.63 M (Transformer) parameters, matching the paper's 0.80 M / 0.62 M.
@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qattn.attention import QuaternionMultiheadAttention
+from qattn.attention import QuaternionMultiheadAttention, mechanism_names
+from qattn.book.models.blocks import count_parameters  # the one definition, re-exported here
 from qattn.layers import QuaternionConv1d, QuaternionConv2d, QuaternionConvTranspose2d, QuaternionLinear
 
 __all__ = [
@@ -72,7 +73,8 @@ class SpeechModelConfig:
     ----------
     kind : ``"quaternion"`` or ``"real"`` (every layer replaced by its real counterpart).
     bottleneck : ``"conformer"`` or ``"transformer"`` blocks.
-    score : ``"shared"`` or ``"hamilton"`` (quaternion attention only).
+    score : a registered mechanism, one of :func:`~qattn.attention.registry.mechanism_names`
+        (``"shared"``, ``"hamilton"``, ...; quaternion attention only).
     growth : channels added by each dense block (a multiple of 4).
     dense_width : width of the 1×1 conv inside each dense block (release: 4·growth).
     d_model, num_heads, ffn_dim : bottleneck width, heads, feed-forward width.
@@ -87,7 +89,7 @@ class SpeechModelConfig:
 
     kind: Literal["quaternion", "real"] = "quaternion"
     bottleneck: Literal["conformer", "transformer"] = "conformer"
-    score: Literal["shared", "hamilton"] = "hamilton"
+    score: str = "hamilton"
     growth: int = 64
     dense_width: int = 256
     d_model: int = 64
@@ -107,8 +109,8 @@ class SpeechModelConfig:
             raise ValueError(f"kind must be 'quaternion' or 'real', got {self.kind!r}")
         if self.bottleneck not in ("conformer", "transformer"):
             raise ValueError(f"bottleneck must be 'conformer' or 'transformer', got {self.bottleneck!r}")
-        if self.score not in ("shared", "hamilton"):
-            raise ValueError(f"score must be 'shared' or 'hamilton', got {self.score!r}")
+        if self.score not in mechanism_names():
+            raise ValueError(f"score must be one of {mechanism_names()} (the registered mechanisms), got {self.score!r}")
         for name in ("growth", "dense_width", "d_model", "ffn_dim"):
             value = getattr(self, name)
             if value <= 0 or value % 4:
@@ -440,8 +442,3 @@ class SpeechEnhancer(nn.Module):
     def attention_modules(self) -> list[nn.Module]:
         """The multi-head attention modules of the bottleneck, time blocks first."""
         return [blk.attn.mha for blk in [*self.time_blocks, *self.freq_blocks]]
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,102 @@
+"""The attention mechanisms of ``qattn``, listed in one place.
+
+Each mechanism module declares its own spec, ``MECHANISM = Mechanism(...)`` (name, functional
+core, one-line summary, maps per head and what the core supports), and :data:`MECHANISMS` below
+lists those specs. Adding a mechanism is one new module with its core and its ``MECHANISM``,
+plus one entry in :data:`MECHANISMS`: :class:`~qattn.attention.QuaternionMultiheadAttention`
+(``score=<name>``), the book's models and benchmark variants, and the contract tests
+(``tests/test_registry.py``) then pick it up by name. The order of :data:`MECHANISMS` is the
+order of :func:`mechanism_names`, hence of every table built from it.
+
+Every core follows one contract (:class:`AttentionCore`)::
+
+    core(q (B, H, N, 4, d_h), k (B, H, S, 4, d_h), v (B, H, S, 4, d_v),
+         attn_mask=None, dropout_p=0.0, is_causal=False, need_weights=False)
+        → (out (B, H, N, 4, d_v), weights (B, H, N, S) or (B, H, 4, N, S) or None)
+
+Masks: bool True = NOT allowed, float masks are added to the scores; a query whose keys are all
+masked gets zero output and zero weights, never NaN.
+
+Examples
+--------
+>>> import torch
+>>> mechanism_names()
+('shared', 'hamilton')
+>>> spec = get_mechanism("hamilton")
+>>> spec.maps_per_head, spec.returns_weights
+(4, True)
+>>> q, k, v = torch.randn(2, 3, 5, 4, 2), torch.randn(2, 3, 7, 4, 2), torch.randn(2, 3, 7, 4, 2)
+>>> out, weights = spec.core(q, k, v, need_weights=True)
+>>> tuple(out.shape), tuple(weights.shape) == spec.weights_shape(2, 3, 5, 7)
+((2, 3, 5, 4, 2), True)
+>>> get_mechanism("real")
+Traceback (most recent call last):
+    ...
+ValueError: unknown attention mechanism 'real'; registered mechanisms: ('shared', 'hamilton')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from qattn.attention import hamilton, shared_score
+from qattn.attention._spec import AttentionCore, Mechanism
+
+__all__ = ["AttentionCore", "Mechanism", "MECHANISMS", "get_mechanism", "mechanism_names"]
+
+MECHANISMS: tuple[Mechanism, ...] = (
+    shared_score.MECHANISM,
+    hamilton.MECHANISM,
+)
+"""Every registered mechanism, in display order: the one place a new mechanism is added."""
+
+
+def _index(mechanisms: tuple[Mechanism, ...]) -> Mapping[str, Mechanism]:
+    """Read-only ``name → spec`` map of ``mechanisms``; duplicate names are an error."""
+    by_name: dict[str, Mechanism] = {}
+    for spec in mechanisms:
+        if not isinstance(spec, Mechanism):
+            raise TypeError(f"MECHANISMS must hold Mechanism specs, got {type(spec).__name__}")
+        if spec.name in by_name:
+            raise ValueError(f"mechanism name {spec.name!r} is registered twice")
+        by_name[spec.name] = spec
+    return MappingProxyType(by_name)
+
+
+_BY_NAME = _index(MECHANISMS)
+
+
+def mechanism_names() -> tuple[str, ...]:
+    """Names of the registered mechanisms, in registry order.
+
+    >>> "shared" in mechanism_names()
+    True
+    """
+    return tuple(_BY_NAME)
+
+
+def get_mechanism(name: str) -> Mechanism:
+    """The spec of the mechanism called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`mechanism_names`.
+
+    Returns
+    -------
+    Mechanism
+        Its spec; ``get_mechanism(name).core`` is the functional core.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not registered; the message lists the registered names.
+
+    >>> get_mechanism("shared").maps_per_head
+    1
+    """
+    if not isinstance(name, str) or name not in _BY_NAME:
+        raise ValueError(f"unknown attention mechanism {name!r}; registered mechanisms: {mechanism_names()}")
+    return _BY_NAME[name]

@@ -1,7 +1,6 @@
 """Tiny end-to-end runs of the vision and NLP experiments (seconds): schema, selection, determinism."""
 
 import json
-from dataclasses import asdict
 
 import pytest
 
@@ -49,7 +48,7 @@ def _check_headline(metrics: dict) -> None:
 
 def test_vision_tiny_end_to_end(tmp_path):
     config = vision.config_for("ci", seed=1, **TINY_VISION)
-    result = run_cached("vision", asdict(config), vision.run, out_dir=tmp_path, fresh=True)
+    result = run_cached("vision", config.to_dict(), vision.run, out_dir=tmp_path, fresh=True)
     m = result["metrics"]
     json.dumps(m, allow_nan=False)
     _check_common(m, VARIANTS, wide_factor=2.0)
@@ -76,7 +75,7 @@ def test_nlp_tiny_end_to_end():
 
 def test_same_seed_same_result():
     cfg = vision.config_for("ci", **{**TINY_VISION, "variants": ("shared",), "train_size": 200})
-    a, b = vision.run(cfg), vision.run(asdict(cfg))  # a dataclass or its dict
+    a, b = vision.run(cfg), vision.run(cfg.to_dict())  # a dataclass or its dict
     assert a["runs"][0]["history"] == b["runs"][0]["history"]
     assert a["runs"][0]["test_accuracy"] == b["runs"][0]["test_accuracy"]
 

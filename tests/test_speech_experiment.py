@@ -6,13 +6,13 @@ import torch
 
 from qattn.book.data.speech import SpeechSplit
 from qattn.book.experiments import speech_enhancement as exp
-from qattn.book.experiments.speech_enhancement import training as speech_training
+from qattn.book.harness.training import lr_factor
 from qattn.book.report import collect_headlines
 
 
 def test_profiles_and_errors():
     full, ci = exp.config_for("full"), exp.config_for("ci")
-    assert full.quaternion_seeds >= 2 and full.timing_lengths == [1.0, 2.0, 4.0, 6.86]
+    assert full.quaternion_seeds >= 2 and full.timing_lengths == (1.0, 2.0, 4.0, 6.86)
     assert set(full.variants) == set(exp.VARIANTS) and ci.steps < full.steps
     with pytest.raises(ValueError, match="profile"):
         exp.config_for("huge")
@@ -52,10 +52,10 @@ def test_headline_entries_follow_the_report_format():
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    f = [speech_training._lr_factor(s, 100, 10, True) for s in range(100)]
+    f = [lr_factor(s, 100, 10, "cosine") for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
-    assert [speech_training._lr_factor(s, 100, 0, False) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, 100, 0, "constant") for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
 
 
 def test_materialised_maps_change_the_path_not_the_output():

@@ -3,8 +3,8 @@
 For every seed, every variant (``shared``, ``hamilton``, ``real_same_width``,
 ``real_same_params``) is built from a ``torch.Generator`` seeded with that seed, so the
 shared and Hamilton models start from identical parameters, and trained on the same batches
-(the shuffling generator and torch's default generator, which drives dropout, are reseeded per
-model). Model selection is on validation accuracy (:func:`qattn.book.harness.training.train_classifier`); the
+(the shuffling generator and the dropout seed are the same for every model; torch's global
+generator is left untouched). Model selection is on validation accuracy (:func:`qattn.book.harness.training.train_classifier`); the
 test split is evaluated ONCE per model, after the best checkpoint is restored.
 
 Also measured: the mean pairwise Jensen-Shannon divergence of each quaternion layer's
@@ -26,18 +26,13 @@ from qattn.metrics import divergence_by_layer
 from qattn.book.models.blocks import QUATERNION_VARIANTS, count_parameters
 from qattn.book.harness.training import Collate, Split, TrainConfig, accuracy_stats, evaluate, time_inference, train_classifier
 
-__all__ = ["compare_variants", "headline", "Log"]
+__all__ = ["compare_variants", "Log"]
 
 Log = Callable[[str], None]
 
 
 def _print(line: str) -> None:
     print(line, flush=True)
-
-
-def headline(name: str, value: float, tolerance: float, kind: str, note: str, paper: float | None = None) -> dict[str, Any]:
-    """One entry of ``metrics["headline"]`` (the schema of :mod:`qattn.book.report`, with a note)."""
-    return {"name": name, "value": float(value), "paper": paper, "tolerance": float(tolerance), "kind": kind, "note": note}
 
 
 def compare_variants(
@@ -87,7 +82,6 @@ def compare_variants(
     for seed in seeds:
         for variant in variants:
             model = build(variant, torch.Generator().manual_seed(seed))
-            torch.manual_seed(seed)  # dropout masks: the same sequence for every variant
             started = time.perf_counter()
             log(f"[seed {seed}] {variant}: {count_parameters(model):,} parameters")
             result = train_classifier(
@@ -100,6 +94,7 @@ def compare_variants(
                 on_checkpoint=divergence_hook if variant in QUATERNION_VARIANTS else None,
                 log=log,
                 name=f"{variant} seed {seed}",
+                dropout_seed=seed,  # dropout masks: the same sequence for every variant
             )
             test_scores = evaluate(model, test, collate=collate)  # once, on the selected checkpoint
             with torch.inference_mode():

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,9 +30,11 @@ from torch import Tensor
 
 from qattn.book.data.common import stratified_split
 from qattn.book.data.tweets import Tokenizer, Tweets, load_tweets, split_tweets
-from qattn.book.experiments.classification import compare_variants, headline
+from qattn.book.experiments.classification import compare_variants
 from qattn.book.models.blocks import VARIANTS
 from qattn.book.models.text import build_text_model
+from qattn.book.report import headline
+from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.training import Split, TrainConfig, torch_threads
 
 __all__ = ["NLPConfig", "PROFILES", "config_for", "run", "PAPER_SST2", "trim_padding"]
@@ -42,8 +44,8 @@ PAPER_SST2 = 81.04
 
 
 @dataclass(frozen=True)
-class NLPConfig:
-    """Everything that defines an NLP run (JSON-serialisable with ``asdict``).
+class NLPConfig(ExperimentConfig):
+    """Everything that defines an NLP run (:class:`~qattn.book.harness.config.ExperimentConfig`).
 
     ``seed`` fixes the data splits and is the first of ``n_seeds`` consecutive model seeds;
     ``train_size`` and ``eval_size`` (None: all) subsample the training split and each of the
@@ -53,11 +55,26 @@ class NLPConfig:
     :class:`qattn.book.experiments.vision.VisionConfig`; None: unchanged).
     """
 
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": {},
+        "ci": {
+            "n_seeds": 1,
+            "train_size": 1200,
+            "eval_size": 600,
+            "epochs": 1,
+            "checkpoints": 2,
+            "probe_size": 32,
+            "timing_batch": 32,
+            "timing_rounds": 3,
+            "secondary_seeds": 1,
+        },
+    }
+
     profile: str = "full"
     seed: int = 0
     n_seeds: int = 3
-    variants: tuple[str, ...] = VARIANTS
-    secondary_variants: tuple[str, ...] = ("shared", "hamilton")
+    variants: tuple[str, ...] = choice(VARIANTS, VARIANTS)
+    secondary_variants: tuple[str, ...] = choice(VARIANTS, ("shared", "hamilton"))
     secondary_seeds: int = 1
     secondary_train_size: int | None = 12000
     val_fraction: float = 0.1
@@ -94,40 +111,12 @@ class NLPConfig:
         )
 
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "full": {},
-    "ci": {
-        "n_seeds": 1,
-        "train_size": 1200,
-        "eval_size": 600,
-        "epochs": 1,
-        "checkpoints": 2,
-        "probe_size": 32,
-        "timing_batch": 32,
-        "timing_rounds": 3,
-        "secondary_seeds": 1,
-    },
-}
+PROFILES = NLPConfig.PROFILES
 
 
 def config_for(profile: str, seed: int = 0, **overrides: Any) -> NLPConfig:
     """The configuration of ``profile`` (``"ci"`` or ``"full"``), with optional overrides."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {profile!r}")
-    return NLPConfig(**{"profile": profile, "seed": seed, **PROFILES[profile], **overrides})
-
-
-def _as_config(config: NLPConfig | Mapping[str, Any]) -> NLPConfig:
-    if isinstance(config, NLPConfig):
-        return config
-    unknown = set(config) - {f.name for f in fields(NLPConfig)}
-    if unknown:
-        raise ValueError(f"unknown NLP config keys: {sorted(unknown)}")
-    values = dict(config)
-    for key in ("variants", "secondary_variants"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return NLPConfig(**values)
+    return NLPConfig.for_profile(profile, seed, **overrides)
 
 
 def trim_padding(inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -237,7 +226,7 @@ def _attention_examples(models, tokenizer: Tokenizer, val_t, classes, n: int = 3
 
 def run(config: NLPConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Both tasks (see the module docstring); returns JSON-serialisable metrics."""
-    cfg = _as_config(config)
+    cfg = NLPConfig.coerce(config)
     started = time.perf_counter()
     with torch_threads(cfg.threads):
         polarity = _task(cfg, "polarity", cfg.variants, cfg.n_seeds, cfg.train_size)
@@ -263,35 +252,35 @@ def _headlines(m: dict[str, Any]) -> list[dict[str, Any]]:
             acc = v[variant]["test_accuracy"]
             floor = "; floor 0.80 (quaternion models, full profile)" if variant in ("shared", "hamilton") else ""
             rows.append(headline(
-                f"polarity test accuracy, {variant}", acc["mean"], 0.02, "exact",
-                f"mean of {acc['n']} seed(s) (std {acc['std']:.4f}){floor}; "
+                f"polarity test accuracy, {variant}", acc["mean"], 0.02, "exact", paper=None,
+                note=f"mean of {acc['n']} seed(s) (std {acc['std']:.4f}){floor}; "
                 f"majority class {p['data']['majority_test_accuracy']:.4f}. {paper_note}",
             ))
     if m.get("sentiment3"):
         for variant, s in m["sentiment3"]["variants"].items():
             rows.append(headline(
-                f"3-class test accuracy, {variant}", s["test_accuracy"]["mean"], 0.03, "exact",
-                f"secondary task (negative/neutral/positive), mean of {s['test_accuracy']['n']} seed(s)",
+                f"3-class test accuracy, {variant}", s["test_accuracy"]["mean"], 0.03, "exact", paper=None,
+                note=f"secondary task (negative/neutral/positive), mean of {s['test_accuracy']['n']} seed(s)",
             ))
     ratios = p["inference"]["time_ratio_vs_shared"]
     for variant in ("hamilton", "real_same_width", "real_same_params"):
         if variant in ratios:
             rows.append(headline(
-                f"polarity inference time ratio {variant}/shared", ratios[variant], 0.3, "ratio",
-                f"forward time per batch of {p['inference']['batch_size']} tweets, median of interleaved rounds; >1 means slower than shared",
+                f"polarity inference time ratio {variant}/shared", ratios[variant], 0.3, "ratio", paper=None,
+                note=f"forward time per batch of {p['inference']['batch_size']} tweets, median of interleaved rounds; >1 means slower than shared",
             ))
     if "hamilton" in v and "shared" in v:
         rows.append(headline(
             "polarity training time per epoch ratio hamilton/shared",
-            v["hamilton"]["epoch_time_s"]["mean"] / v["shared"]["epoch_time_s"]["mean"], 0.3, "ratio",
-            "training steps only, mean over seeds",
+            v["hamilton"]["epoch_time_s"]["mean"] / v["shared"]["epoch_time_s"]["mean"], 0.3, "ratio", paper=None,
+            note="training steps only, mean over seeds",
         ))
     for variant, d in p["divergence"].items():
         rows.append(headline(
             f"polarity JS divergence of the four component maps, {variant}, last layer",
             d["final_per_layer"][-1]["mean"], 0.0 if variant == "shared" else 0.5,
-            "exact" if variant == "shared" else "relative",
-            "mean pairwise Jensen-Shannon divergence (bits) between A_r, A_i, A_j, A_k per non-padding query row, "
+            "exact" if variant == "shared" else "relative", paper=None,
+            note="mean pairwise Jensen-Shannon divergence (bits) between A_r, A_i, A_j, A_k per non-padding query row, "
             "probe batch of validation tweets, selected checkpoint; exactly 0 for the shared score by construction",
         ))
     return rows

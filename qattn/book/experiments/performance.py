@@ -2,22 +2,31 @@
 
 Variants (embed_dim ``E``, ``H`` heads, self-attention on ``(B, N, E)`` inputs):
 
-=======================  =====================================================================
-``torch_mha``            ``torch.nn.MultiheadAttention`` (real-valued reference, same width)
-``shared``               ``QuaternionMultiheadAttention(score="shared")``
-``shared_release``       the same with ``head_split="release"`` (the official release's layout)
-``hamilton``             ``score="hamilton"``, efficient: one fused SDPA over a component axis
-``hamilton_maps``        ``score="hamilton"`` with the four N×N maps materialised (batched matmul)
-``hamilton_reference``   Hamilton scores through the readable 16-matmul reference
-``core_*``               the functional cores alone on ``(B, H, N, 4, d_h)`` tensors (no projections)
-=======================  =====================================================================
+===========================  =================================================================
+``torch_mha``                ``torch.nn.MultiheadAttention`` (real-valued reference, same width)
+``<name>``                   ``QuaternionMultiheadAttention(score=<name>)``, one variant per
+                             registered mechanism (:func:`~qattn.attention.registry.mechanism_names`):
+                             ``shared``; ``hamilton`` (efficient: one fused SDPA over a component axis)
+``shared_release``           ``score="shared"`` with ``head_split="release"`` (the official release's layout)
+``hamilton_maps``            ``score="hamilton"`` with the four N×N maps materialised (batched matmul)
+``hamilton_reference``       Hamilton scores through the readable 16-matmul reference
+``core_<name>``              the core ``get_mechanism(<name>).core`` alone on ``(B, H, N, 4, d_h)``
+                             tensors (no projections), one variant per registered mechanism
+``core_hamilton_maps``       the core ``hamilton`` with its four maps materialised (``need_weights=True``)
+``core_hamilton_reference``  the 16-matmul reference core
+===========================  =================================================================
+
+The ``<name>`` and ``core_<name>`` variants come from the registry; the others are named
+implementation ablations, each listed right after the mechanism it varies (``MODULE_VARIANTS``,
+``CORE_VARIANTS``: ``torch_mha, shared, shared_release, hamilton, hamilton_maps, ...``).
 
 Method: every length builds all variants once; after warm-up runs, each repetition times every
 variant once, in an order rotated per repetition, so machine drift hits all alike. A variant is
 timed ``repeats`` times and, beyond that, until its samples add up to ``min_time_s`` (at most
 ``max_repeats`` samples): a fast call gets enough samples that one slow outlier cannot move its
-median. The median, minimum and maximum over the samples are reported. Peak memory is measured per
-configuration in a fresh subprocess: the peak resident set (``VmHWM``, reset through
+median. The median, minimum and maximum over the samples are reported
+(:mod:`qattn.book.harness.timing`). Peak memory is measured per configuration in a fresh
+subprocess (:mod:`qattn.book.harness.memory`): the peak resident set (``VmHWM``, reset through
 ``/proc/self/clear_refs`` after the inputs exist) on CPU, ``torch.cuda.max_memory_allocated``
 on CUDA. The longest sequence search runs each probe in a subprocess whose address space is
 capped (``RLIMIT_AS``), so it can never take more than the stated cap.
@@ -29,27 +38,27 @@ Hamilton core ``20·N²·d_h`` (``d_h`` in quaternion units); FLOP = 2 × multip
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from qattn.attention import QuaternionMultiheadAttention, hamilton_attention, shared_score_attention
+from qattn.attention import QuaternionMultiheadAttention, get_mechanism, mechanism_names
 from qattn.attention.hamilton import hamilton_scores_reference
+from qattn.book.harness.config import ExperimentConfig, choice
+from qattn.book.harness.memory import peak_memory
+from qattn.book.harness.timing import summary, time_interleaved
+from qattn.book.report import headline as report_headline
 
 __all__ = [
     "BenchConfig",
+    "config_for",
     "MODULE_VARIANTS",
     "CORE_VARIANTS",
     "make_variant",
@@ -62,31 +71,80 @@ __all__ = [
     "main",
 ]
 
-MODULE_VARIANTS = ("torch_mha", "shared", "shared_release", "hamilton", "hamilton_maps", "hamilton_reference")
-CORE_VARIANTS = ("core_shared", "core_hamilton", "core_hamilton_maps", "core_hamilton_reference")
+# Named implementation ablations: (variant, mechanism it varies, form). Forms: "release" =
+# head_split="release"; "maps" = need_weights=True (maps materialised); "reference" = the
+# 16-matmul Hamilton reference core. Every registered mechanism also gets its plain variant.
+_MODULE_ABLATIONS = (
+    ("shared_release", "shared", "release"),
+    ("hamilton_maps", "hamilton", "maps"),
+    ("hamilton_reference", "hamilton", "reference"),
+)
+_CORE_ABLATIONS = (
+    ("core_hamilton_maps", "hamilton", "maps"),
+    ("core_hamilton_reference", "hamilton", "reference"),
+)
+
+
+def _variant_forms(prefix: str, ablations: tuple[tuple[str, str, str], ...]) -> dict[str, tuple[str, str]]:
+    """``variant → (mechanism, form)``: ``prefix + name`` ("plain") for every registered mechanism,
+    each followed by its ablations, in registry order."""
+    forms: dict[str, tuple[str, str]] = {}
+    for mechanism in mechanism_names():
+        forms[prefix + mechanism] = (mechanism, "plain")
+        forms.update((variant, (mechanism, form)) for variant, base, form in ablations if base == mechanism)
+    return forms
+
+
+_MODULE_FORMS = _variant_forms("", _MODULE_ABLATIONS)
+_CORE_FORMS = _variant_forms("core_", _CORE_ABLATIONS)
+MODULE_VARIANTS = ("torch_mha", *_MODULE_FORMS)
+CORE_VARIANTS = tuple(_CORE_FORMS)
 _CORE_MULTS_PER_HEAD = {"shared": 8, "hamilton": 20}  # × N²·d_h, from the counts chapter
 
 
-@dataclass
-class BenchConfig:
-    """What one benchmark run measures. ``profile`` picks defaults via :meth:`for_profile`."""
+_ALL_VARIANTS = MODULE_VARIANTS + CORE_VARIANTS
+
+
+@dataclass(frozen=True)
+class BenchConfig(ExperimentConfig):
+    """What one benchmark run measures (:class:`~qattn.book.harness.config.ExperimentConfig`);
+    ``profile`` picks defaults via :meth:`for_profile` (or :func:`config_for`)."""
+
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": {},
+        "ci": dict(
+            embed_dim=64,
+            lengths=(64, 128, 256),
+            warmup=1,
+            repeats=3,
+            min_time_s=0.02,
+            backward_max_length=256,
+            reference_max_length=256,
+            memory_lengths=(512,),
+            memory_variants=("shared", "hamilton_maps", "core_shared", "core_hamilton_maps"),
+            longest_variants=("core_shared", "core_hamilton_maps"),
+            memory_cap_gb=0.125,
+            longest_time_limit_s=1.0,
+            longest_start=512,
+        ),
+    }
 
     profile: str = "full"
     embed_dim: int = 256
     num_heads: int = 4
-    lengths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048, 4096])
-    batch_sizes: list[int] = field(default_factory=lambda: [1])
-    variants: list[str] = field(default_factory=lambda: list(MODULE_VARIANTS + CORE_VARIANTS))
-    backward_variants: list[str] = field(default_factory=lambda: ["torch_mha", "shared", "hamilton", "hamilton_maps"])
+    lengths: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
+    batch_sizes: tuple[int, ...] = (1,)
+    variants: tuple[str, ...] = choice(_ALL_VARIANTS, _ALL_VARIANTS)
+    backward_variants: tuple[str, ...] = choice(_ALL_VARIANTS, ("torch_mha", "shared", "hamilton", "hamilton_maps"))
     backward_max_length: int = 2048
     reference_max_length: int = 2048  # the 16-matmul reference is slow: stop timing it here
     warmup: int = 1
     repeats: int = 5
     min_time_s: float = 0.25  # per variant and size: fast calls are repeated until this much is sampled
     max_repeats: int = 200
-    memory_lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048, 4096])
-    memory_variants: list[str] = field(default_factory=lambda: ["torch_mha", "shared", "hamilton", "hamilton_maps", "core_shared", "core_hamilton", "core_hamilton_maps"])
-    longest_variants: list[str] = field(default_factory=lambda: ["core_shared", "core_hamilton", "core_hamilton_maps", "shared", "hamilton_maps", "torch_mha"])
+    memory_lengths: tuple[int, ...] = (256, 1024, 2048, 4096)
+    memory_variants: tuple[str, ...] = choice(_ALL_VARIANTS, ("torch_mha", "shared", "hamilton", "hamilton_maps", "core_shared", "core_hamilton", "core_hamilton_maps"))
+    longest_variants: tuple[str, ...] = choice(_ALL_VARIANTS, ("core_shared", "core_hamilton", "core_hamilton_maps", "shared", "hamilton_maps", "torch_mha"))
     memory_cap_gb: float = 4.0
     longest_time_limit_s: float = 20.0
     longest_start: int = 1024
@@ -95,32 +153,14 @@ class BenchConfig:
     seed: int = 0
 
     @classmethod
-    def for_profile(cls, profile: str, **overrides: Any) -> "BenchConfig":
-        if profile == "full":
-            cfg = cls(profile="full")
-        elif profile == "ci":
-            cfg = cls(
-                profile="ci",
-                embed_dim=64,
-                lengths=[64, 128, 256],
-                warmup=1,
-                repeats=3,
-                min_time_s=0.02,
-                backward_max_length=256,
-                reference_max_length=256,
-                memory_lengths=[512],
-                memory_variants=["shared", "hamilton_maps", "core_shared", "core_hamilton_maps"],
-                longest_variants=["core_shared", "core_hamilton_maps"],
-                memory_cap_gb=0.125,
-                longest_time_limit_s=1.0,
-                longest_start=512,
-            )
-        else:
-            raise ValueError(f"profile must be 'ci' or 'full', got {profile!r}")
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(cfg, key, value)
-        return cfg
+    def for_profile(cls, profile: str, seed: int = 0, **overrides: Any) -> "BenchConfig":
+        """The config of ``profile``; overrides that are None keep its value (the command line's unset options)."""
+        return super().for_profile(profile, seed, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def config_for(profile: str, seed: int = 0, **overrides: Any) -> BenchConfig:
+    """The benchmark's configuration of ``profile`` (``"ci"`` or ``"full"``), with optional overrides."""
+    return BenchConfig.for_profile(profile, seed, **overrides)
 
 
 # -- variants ------------------------------------------------------------------------------------
@@ -147,14 +187,11 @@ def make_variant(
             torch.randn(batch, num_heads, length, 4, d_h, generator=gen).to(device).requires_grad_()
             for _ in range(3)
         )
-        kind = name.removeprefix("core_")
-        if kind == "shared":
-            return (lambda: shared_score_attention(q, k, v)[0]), [q, k, v]
-        if kind == "hamilton":
-            return (lambda: hamilton_attention(q, k, v)[0]), [q, k, v]
-        if kind == "hamilton_maps":
-            return (lambda: hamilton_attention(q, k, v, need_weights=True)[0]), [q, k, v]
-        return (lambda: _reference_core(q, k, v)), [q, k, v]
+        mechanism, form = _CORE_FORMS[name]
+        if form == "reference":
+            return (lambda: _reference_core(q, k, v)), [q, k, v]
+        core, need_weights = get_mechanism(mechanism).core, form == "maps"
+        return (lambda: core(q, k, v, need_weights=need_weights)[0]), [q, k, v]
     if name not in MODULE_VARIANTS:
         raise ValueError(f"unknown variant {name!r}; expected one of {MODULE_VARIANTS + CORE_VARIANTS}")
 
@@ -165,13 +202,13 @@ def make_variant(
         module = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True, device=device)
         layer = module
         return (lambda: layer(x, x, x, need_weights=False)[0]), [x, *module.parameters()]
-    score = "shared" if name.startswith("shared") else "hamilton"
-    head_split = "release" if name == "shared_release" else "components"
-    module = QuaternionMultiheadAttention(embed_dim, num_heads, score=score, head_split=head_split, batch_first=True, device=device)
+    mechanism, form = _MODULE_FORMS[name]
+    head_split = "release" if form == "release" else "components"
+    module = QuaternionMultiheadAttention(embed_dim, num_heads, score=mechanism, head_split=head_split, batch_first=True, device=device)
     qmha = module
-    if name == "hamilton_maps":
+    if form == "maps":
         return (lambda: qmha(x, x, x, need_weights=True, average_attn_weights=False)[0]), [x, *module.parameters()]
-    if name == "hamilton_reference":
+    if form == "reference":
         def forward() -> Tensor:
             q, k, v = (qmha.split_heads(t) for t in qmha.project(x, x, x))
             return qmha.out_proj(qmha.merge_heads(_reference_core(q, k, v)))
@@ -184,20 +221,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_once(forward: Callable[[], Tensor], leaves: list[Tensor], backward: bool, device: str) -> float:
+def _timed_call(forward: Callable[[], Tensor], leaves: list[Tensor], backward: bool) -> Callable[[], None]:
+    """One call to time: a forward in inference mode, or a forward+backward (gradients reset first)."""
     if backward:
-        for t in leaves:
-            t.grad = None
-        _sync(device)
-        start = time.perf_counter()
-        forward().sum().backward()
+        def call() -> None:
+            for t in leaves:
+                t.grad = None
+            forward().sum().backward()
     else:
-        _sync(device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            forward()
-    _sync(device)
-    return time.perf_counter() - start
+        def call() -> None:
+            with torch.inference_mode():
+                forward()
+    return call
 
 
 def time_variants(
@@ -216,86 +251,38 @@ def time_variants(
 ) -> dict[str, dict[str, float]]:
     """Interleaved timing of ``variants`` at one size: ``{variant: {median_s, min_s, max_s, repeats}}``.
 
-    Every variant gets ``warmup`` untimed runs, then at least ``repeats`` timed ones; a variant
-    whose timed samples add up to less than ``min_time_s`` keeps being timed (still interleaved
-    with the others that are not done) until they do, or until it has ``max_repeats`` samples.
+    Through :func:`qattn.book.harness.timing.time_interleaved`: every variant gets ``warmup``
+    untimed runs, then at least ``repeats`` timed ones; a variant whose timed samples add up to
+    less than ``min_time_s`` keeps being timed (still interleaved with the others that are not
+    done) until they do, or until it has ``max_repeats`` samples.
     """
     if repeats < 1 or max_repeats < repeats:
         raise ValueError(f"need 1 <= repeats <= max_repeats, got repeats={repeats}, max_repeats={max_repeats}")
     built = {v: make_variant(v, embed_dim, num_heads, batch, length, device, seed) for v in variants}
-    samples: dict[str, list[float]] = {v: [] for v in variants}
-
-    def needs_more(v: str) -> bool:
-        s = samples[v]
-        return len(s) < repeats or (sum(s) < min_time_s and len(s) < max_repeats)
-
-    rep = 0
-    while rep < warmup or any(needs_more(v) for v in variants):
-        active = variants if rep < warmup else [v for v in variants if needs_more(v)]
-        shift = rep % len(active)
-        for v in active[shift:] + active[:shift]:
-            elapsed = _time_once(*built[v], backward=backward, device=device)
-            if rep >= warmup:
-                samples[v].append(elapsed)
-        rep += 1
-    return {
-        v: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s), "repeats": len(s)}
-        for v, s in samples.items()
-    }
+    fns = {v: _timed_call(forward, leaves, backward) for v, (forward, leaves) in built.items()}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    stats = time_interleaved(fns, repeats=repeats, warmup=warmup, min_time_s=min_time_s, max_repeats=max_repeats, sync=sync)
+    return summary(stats)
 
 
 # -- memory --------------------------------------------------------------------------------------
 
-def _status_kb(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field_name} not found in /proc/self/status")
+def memory_workload(variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str, backward: bool) -> Callable[[], None]:
+    """Workload of the memory probes (built in the probe's fresh process): one forward (or
+    forward+backward) of ``variant`` on its input, as :func:`make_variant` builds it."""
+    forward, _ = make_variant(variant, embed_dim, num_heads, batch, length, device)
+    if backward:
+        return lambda: forward().sum().backward()
 
-
-def _probe(variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str, cap_bytes: int | None, backward: bool) -> dict[str, Any]:
-    """Child-process body: run one forward (or forward+backward) and report its peak memory."""
-    torch.set_num_threads(int(os.environ.get("QATTN_BENCH_THREADS", "2")))
-    if cap_bytes is not None and device == "cpu":
-        limit = _status_kb("VmSize") * 1024 + cap_bytes
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    try:
-        forward, leaves = make_variant(variant, embed_dim, num_heads, batch, length, device)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
-            base = _status_kb("VmRSS") * 1024
-        start = time.perf_counter()
-        if backward:
-            forward().sum().backward()
-        else:
-            with torch.inference_mode():
-                forward()
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _status_kb("VmHWM") * 1024
-        return {"ok": True, "peak_bytes": peak - base, "time_s": elapsed}
-    except (MemoryError, RuntimeError) as err:  # an allocation beyond the cap
-        return {"ok": False, "error": str(err).splitlines()[0][:200]}
+    def call() -> None:
+        with torch.inference_mode():
+            forward()
+    return call
 
 
 def _run_probe(variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str, threads: int, cap_bytes: int | None = None, backward: bool = False, timeout: float = 600) -> dict[str, Any]:
-    args = {"variant": variant, "embed_dim": embed_dim, "num_heads": num_heads, "batch": batch, "length": length, "device": device, "cap_bytes": cap_bytes, "backward": backward}
-    env = dict(os.environ, QATTN_BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "qattn.book.experiments.performance", "_probe", json.dumps(args)],
-            capture_output=True, text=True, timeout=timeout, env=env,
-        )
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {"ok": False, "error": (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:200]}
-    return json.loads(lines[-1])
+    kwargs = {"variant": variant, "embed_dim": embed_dim, "num_heads": num_heads, "batch": batch, "length": length, "device": device, "backward": backward}
+    return peak_memory("qattn.book.experiments.performance:memory_workload", kwargs, device=device, threads=threads, cap_bytes=cap_bytes, timeout=timeout)
 
 
 def measure_memory(variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str = "cpu", threads: int = 2, backward: bool = False) -> dict[str, Any]:
@@ -365,7 +352,7 @@ def core_multiplications(score: str, batch: int, num_heads: int, length: int, he
 
 def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark described by ``config``; return JSON-serialisable measurements."""
-    cfg = config if isinstance(config, BenchConfig) else BenchConfig(**config)
+    cfg = BenchConfig.coerce(config)
     unknown = set(cfg.variants) - set(MODULE_VARIANTS + CORE_VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; expected names from {MODULE_VARIANTS + CORE_VARIANTS}")
@@ -431,20 +418,18 @@ def _lookup(rows: list[dict[str, Any]], key: str, **match: Any) -> float | None:
     return None
 
 
-def _entry(name: str, value: float, op: str, threshold: float, note: str) -> dict[str, Any]:
-    """A headline entry in :mod:`qattn.book.report`'s format (kind "ratio", compared with the committed
-    reference at 50 % tolerance: timing ratios move between machines) plus this chapter's own
-    target: ``value op threshold`` with ``op`` in ``"<="`` / ``">="``."""
-    met = value <= threshold if op == "<=" else value >= threshold
-    return {"name": name, "value": value, "tolerance": 0.5, "kind": "ratio", "target_op": op, "target": threshold, "target_met": met, "note": note}
-
-
 def headline(timings: list[dict[str, Any]], memory: list[dict[str, Any]], longest: dict[str, Any]) -> list[dict[str, Any]]:
     """The chapter's headline numbers (ratios only) with the issue's targets.
 
     The paper's numbers (−58.1 % CPU, −44.3 % GPU real-time factor) are whole-model timings of a
     speech enhancer, not of one attention layer: they are shown beside ours, never used as a target.
+    Every entry is built by :func:`qattn.book.report.headline`: kind "ratio" (compared with the
+    committed reference at 50 % tolerance: timing ratios move between machines) and the chapter's
+    own target (stored as ``target_op``, ``target``, ``target_met``).
     """
+    def _ratio(name: str, value: float, target: tuple[str, float], note: str) -> dict[str, Any]:
+        return report_headline(name, value, 0.5, "ratio", note=note, target=target)
+
     rows = []
     lengths = sorted({r["length"] for r in timings if r["mode"] == "forward"})
     n_big = max(lengths)
@@ -455,25 +440,25 @@ def headline(timings: list[dict[str, Any]], memory: list[dict[str, Any]], longes
         if shared and mha and (worst is None or shared / mha > worst[1]):
             worst = (n, shared / mha)
     if worst:
-        rows.append(_entry("shared / torch MHA forward time, worst N >= 256", worst[1], "<=", 1.10, f"at N={worst[0]}; target: at most 1.10 at every N from 256"))
+        rows.append(_ratio("shared / torch MHA forward time, worst N >= 256", worst[1], ("<=", 1.10), f"at N={worst[0]}; target: at most 1.10 at every N from 256"))
     for ham in ("hamilton", "hamilton_maps"):
         shared = _lookup(timings, "median_s", variant="shared", length=n_big, mode="forward", batch=1)
         other = _lookup(timings, "median_s", variant=ham, length=n_big, mode="forward", batch=1)
         if shared and other:
-            rows.append(_entry(f"{ham} / shared forward time, N={n_big}", other / shared, ">=", 4.0, "target: at least 4 for N >= 1024"))
+            rows.append(_ratio(f"{ham} / shared forward time, N={n_big}", other / shared, (">=", 4.0), "target: at least 4 for N >= 1024"))
     mem_n = max((r["length"] for r in memory if r.get("ok")), default=None)
     if mem_n:
         shared = _lookup(memory, "peak_bytes", variant="shared", length=mem_n)
         for ham in ("hamilton", "hamilton_maps"):
             other = _lookup(memory, "peak_bytes", variant=ham, length=mem_n)
             if shared and other:
-                rows.append(_entry(f"{ham} / shared peak memory, N={mem_n}", other / shared, ">=", 3.0, "target: at least 3 for N >= 2048"))
+                rows.append(_ratio(f"{ham} / shared peak memory, N={mem_n}", other / shared, (">=", 3.0), "target: at least 3 for N >= 2048"))
     if "core_shared" in longest:
         for ham in ("core_hamilton", "core_hamilton_maps"):
             if ham in longest and longest[ham]["longest"]:
                 value = longest["core_shared"]["longest"] / longest[ham]["longest"]
                 note = f"target: at least 8; core_shared limited by {longest['core_shared']['limited_by']}, {ham} by {longest[ham]['limited_by']}"
-                rows.append(_entry(f"longest N: core_shared / {ham}", value, ">=", 8.0, note))
+                rows.append(_ratio(f"longest N: core_shared / {ham}", value, (">=", 8.0), note))
     return rows
 
 
@@ -495,9 +480,6 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_probe":  # internal: one memory probe in a fresh process
-        print(json.dumps(_probe(**json.loads(argv[1]))))
-        return 0
     parser = argparse.ArgumentParser(prog="python -m qattn.book.experiments.performance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=["ci", "full"], default="full")
     parser.add_argument("--batch", type=int, action="append", help="batch size (repeatable); default 1")
@@ -511,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     metrics = run(cfg)
-    result = {"name": f"bench-{cfg.device}", "config": asdict(cfg), "metrics": metrics, "provenance": collect_provenance(time.perf_counter() - start)}
+    result = {"name": f"bench-{cfg.device}", "config": cfg.to_dict(), "metrics": metrics, "provenance": collect_provenance(time.perf_counter() - start)}
     print(format_table(metrics))
     for row in metrics["headline"]:
         print(f"{row['name']}: {row['value']:.2f} ({row['note']})")

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from qattn.book.data.common import stratified_split
 from qattn.book.data.fashion_mnist import CLASSES, load_fashion_mnist, train_val_split
-from qattn.book.experiments.classification import compare_variants, headline
+from qattn.book.experiments.classification import compare_variants
 from qattn.book.models.blocks import VARIANTS
 from qattn.book.models.vit import build_vit
+from qattn.book.report import headline
+from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.training import Split, TrainConfig, torch_threads
 
 __all__ = ["VisionConfig", "PROFILES", "config_for", "run", "PAPER_CIFAR100"]
@@ -40,20 +42,35 @@ PAPER_CIFAR100 = 70.94
 
 
 @dataclass(frozen=True)
-class VisionConfig:
-    """Everything that defines a vision run (JSON-serialisable with ``asdict``).
+class VisionConfig(ExperimentConfig):
+    """Everything that defines a vision run (:class:`~qattn.book.harness.config.ExperimentConfig`).
 
     ``train_size`` / ``test_size`` of ``None`` use every image; ``seed`` fixes the validation split
     and is the first of the ``n_seeds`` consecutive model seeds. ``threads``: torch intra-op
-    threads during the run (2 by default, the cores of these machines: on a quiet machine 2
-    threads ran the ci profile 1.3× faster than 1; when other jobs share the cores, 1 avoids
-    OpenMP oversubscription, which costs small models many times over; None: unchanged).
+    threads during the run (2 by default, the cores of these machines; when other jobs share the
+    cores, 1 avoids OpenMP oversubscription, which can slow small models down badly; None:
+    unchanged).
     """
+
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": {},
+        "ci": {
+            "n_seeds": 1,
+            "val_size": 500,
+            "train_size": 2000,
+            "test_size": 1000,
+            "epochs": 1,
+            "checkpoints": 3,
+            "probe_size": 64,
+            "timing_batch": 64,
+            "timing_rounds": 3,
+        },
+    }
 
     profile: str = "full"
     seed: int = 0
     n_seeds: int = 3
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = choice(VARIANTS, VARIANTS)
     val_size: int = 5000
     train_size: int | None = None
     test_size: int | None = None
@@ -86,40 +103,12 @@ class VisionConfig:
         )
 
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "full": {},
-    "ci": {
-        "n_seeds": 1,
-        "val_size": 500,
-        "train_size": 2000,
-        "test_size": 1000,
-        "epochs": 1,
-        "checkpoints": 3,
-        "probe_size": 64,
-        "timing_batch": 64,
-        "timing_rounds": 3,
-    },
-}
+PROFILES = VisionConfig.PROFILES
 
 
 def config_for(profile: str, seed: int = 0, **overrides: Any) -> VisionConfig:
     """The configuration of ``profile`` (``"ci"`` or ``"full"``), with optional overrides."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {profile!r}")
-    return VisionConfig(**{"profile": profile, "seed": seed, **PROFILES[profile], **overrides})
-
-
-def _as_config(config: VisionConfig | Mapping[str, Any]) -> VisionConfig:
-    if isinstance(config, VisionConfig):
-        return config
-    names = {f.name for f in fields(VisionConfig)}
-    unknown = set(config) - names
-    if unknown:
-        raise ValueError(f"unknown vision config keys: {sorted(unknown)}")
-    values = dict(config)
-    if "variants" in values:
-        values["variants"] = tuple(values["variants"])
-    return VisionConfig(**values)
+    return VisionConfig.for_profile(profile, seed, **overrides)
 
 
 def _subsample(idx: np.ndarray, labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
@@ -135,7 +124,7 @@ def run(config: VisionConfig | Mapping[str, Any]) -> dict[str, Any]:
 
     Runs with ``config.threads`` intra-op threads (restored afterwards).
     """
-    cfg = _as_config(config)
+    cfg = VisionConfig.coerce(config)
     with torch_threads(cfg.threads):
         return _run(cfg)
 
@@ -227,28 +216,28 @@ def _headlines(m: dict[str, Any]) -> list[dict[str, Any]]:
             acc = v[variant]["test_accuracy"]
             floor = "; floor 0.85 (quaternion models, full profile)" if variant in ("shared", "hamilton") else ""
             rows.append(headline(
-                f"test accuracy, {variant}", acc["mean"], 0.02, "exact",
-                f"mean of {acc['n']} seed(s) (std {acc['std']:.4f}){floor}. {paper_note}",
+                f"test accuracy, {variant}", acc["mean"], 0.02, "exact", paper=None,
+                note=f"mean of {acc['n']} seed(s) (std {acc['std']:.4f}){floor}. {paper_note}",
             ))
     ratios = m["inference"]["time_ratio_vs_shared"]
     for variant in ("hamilton", "real_same_width", "real_same_params"):
         if variant in ratios:
             rows.append(headline(
-                f"inference time ratio {variant}/shared", ratios[variant], 0.3, "ratio",
-                f"forward time per batch of {m['inference']['batch_size']} images, median of interleaved rounds; >1 means slower than shared",
+                f"inference time ratio {variant}/shared", ratios[variant], 0.3, "ratio", paper=None,
+                note=f"forward time per batch of {m['inference']['batch_size']} images, median of interleaved rounds; >1 means slower than shared",
             ))
     if "hamilton" in v and "shared" in v:
         rows.append(headline(
             "training time per epoch ratio hamilton/shared",
-            v["hamilton"]["epoch_time_s"]["mean"] / v["shared"]["epoch_time_s"]["mean"], 0.3, "ratio",
-            "training steps only, mean over seeds",
+            v["hamilton"]["epoch_time_s"]["mean"] / v["shared"]["epoch_time_s"]["mean"], 0.3, "ratio", paper=None,
+            note="training steps only, mean over seeds",
         ))
     for variant, d in m["divergence"].items():
         last = d["final_per_layer"][-1]["mean"]
         rows.append(headline(
             f"JS divergence of the four component maps, {variant}, last layer", last,
-            0.0 if variant == "shared" else 0.5, "exact" if variant == "shared" else "relative",
-            "mean pairwise Jensen-Shannon divergence (bits) between A_r, A_i, A_j, A_k per query row, "
+            0.0 if variant == "shared" else 0.5, "exact" if variant == "shared" else "relative", paper=None,
+            note="mean pairwise Jensen-Shannon divergence (bits) between A_r, A_i, A_j, A_k per query row, "
             "probe batch of validation images, selected checkpoint; exactly 0 for the shared score by construction",
         ))
     return rows

@@ -17,13 +17,12 @@ the learning curves.
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,9 +33,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from qattn.metrics import mean_pairwise_js
 from qattn.attention.bilinear import bilinear_logits
 from qattn.book.data.vqa import RELATIONAL_TYPES, VQASet, load_easy_vqa, make_sort_of_clevr
+from qattn.book.harness.timing import summary, time_interleaved
+from qattn.book.harness.config import ExperimentConfig, choice
+from qattn.book.harness.training import LoopConfig, StepLoss, fit
+from qattn.book.models.blocks import count_parameters
 from qattn.book.models.vqa import VQAConfig, VQAModel
+from qattn.book.report import headline
 
-__all__ = ["VARIANTS", "ExperimentConfig", "config_for", "build_model", "train_variant", "run"]
+__all__ = ["VARIANTS", "VQAExperimentConfig", "config_for", "build_model", "train_variant", "run"]
 
 #: variant name → (head, score, glimpses)
 VARIANTS: dict[str, tuple[str, str, int]] = {
@@ -50,14 +54,29 @@ VARIANTS: dict[str, tuple[str, str, int]] = {
 }
 
 
-@dataclass
-class ExperimentConfig:
-    """Everything one run of the chapter depends on."""
+@dataclass(frozen=True)
+class VQAExperimentConfig(ExperimentConfig):
+    """Everything one run of the chapter depends on (:class:`~qattn.book.harness.config.ExperimentConfig`).
+
+    The profiles' ``seeds`` are offset by the seed given to :func:`config_for`.
+    """
+
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": {},
+        "ci": {
+            "seeds": (0,),
+            "easy_limit_images": 150,
+            "easy_epochs": 1,
+            "clevr_sizes": (120, 30, 30),
+            "clevr_epochs": 1,
+            "clevr_variants": ("unitary", "coattention", "ban1", "ban2", "qban_shared", "qban_hamilton"),
+        },
+    }
 
     profile: str = "full"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    easy_variants: list[str] = field(default_factory=lambda: ["ban2", "qban_shared", "qban_hamilton"])
-    clevr_variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    seeds: tuple[int, ...] = (0, 1, 2)
+    easy_variants: tuple[str, ...] = choice(VARIANTS, ("ban2", "qban_shared", "qban_hamilton"))
+    clevr_variants: tuple[str, ...] = choice(VARIANTS, tuple(VARIANTS))
     easy_limit_images: int | None = 1000
     easy_epochs: int = 3
     clevr_sizes: tuple[int, int, int] = (600, 100, 100)
@@ -70,20 +89,19 @@ class ExperimentConfig:
     threads: int = 2
     data_seed: int = 0
 
+    @classmethod
+    def seeded(cls, values: dict[str, Any], seed: int) -> dict[str, Any]:
+        """``seed`` offsets the model seeds of the profile."""
+        seeds = values.get("seeds", cls.__dataclass_fields__["seeds"].default)  # type: ignore[attr-defined]
+        return {**values, "seeds": tuple(seed + s for s in seeds)}
 
-def config_for(profile: str, seed: int = 0) -> ExperimentConfig:
+
+def config_for(profile: str, seed: int = 0, **overrides: Any) -> VQAExperimentConfig:
     """The ``ci`` (about a minute) or ``full`` profile; ``seed`` offsets the model seeds."""
-    if profile == "full":
-        return ExperimentConfig(profile="full", seeds=[seed, seed + 1, seed + 2])
-    if profile == "ci":
-        return ExperimentConfig(
-            profile="ci", seeds=[seed], easy_limit_images=150, easy_epochs=1, clevr_sizes=(120, 30, 30),
-            clevr_epochs=1, clevr_variants=["unitary", "coattention", "ban1", "ban2", "qban_shared", "qban_hamilton"],
-        )
-    raise ValueError(f"profile must be 'ci' or 'full', got {profile!r}")
+    return VQAExperimentConfig.for_profile(profile, seed, **overrides)
 
 
-def build_model(variant: str, data: VQASet, vocab_size: int, cfg: ExperimentConfig) -> VQAModel:
+def build_model(variant: str, data: VQASet, vocab_size: int, cfg: VQAExperimentConfig) -> VQAModel:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
     head, score, glimpses = VARIANTS[variant]
@@ -132,42 +150,44 @@ def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False) -> dict
     return out
 
 
-def train_variant(variant: str, train: VQASet, val: VQASet, test: VQASet, vocab_size: int, cfg: ExperimentConfig, epochs: int, seed: int,
+def train_variant(variant: str, train: VQASet, val: VQASet, test: VQASet, vocab_size: int, cfg: VQAExperimentConfig, epochs: int, seed: int,
                   log: Callable[[str], None] = print, examples: list[int] | None = None) -> dict[str, Any]:
-    """Train one variant with one seed; select on validation; evaluate the test split once.
+    """Train one variant with one seed (:func:`~qattn.book.harness.training.fit`: Adam, constant
+    learning rate, gradient clipping, validation after every epoch); select on validation; evaluate
+    the test split once.
 
     ``examples``: test question ids whose attention maps (and predicted answers) are returned.
     """
-    torch.manual_seed(seed)
-    model = build_model(variant, train, vocab_size, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial values; the global RNG is left as it was
+        model = build_model(variant, train, vocab_size, cfg)
     rng = np.random.default_rng(seed)
-    curve = []
-    best = (-1.0, None, -1)
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        losses = []
-        for images, questions, local, answers, _ in _image_batches(train, cfg.images_per_batch, rng.permutation(len(train.images))):
-            logits, _ = model(images, questions, local)
-            loss = F.cross_entropy(logits, answers)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            losses.append(loss.item())
-        val_acc = _evaluate(model, val)["accuracy"]
-        curve.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_accuracy": val_acc})
-        if val_acc > best[0]:
-            best = (val_acc, copy.deepcopy(model.state_dict()), epoch + 1)
-    model.load_state_dict(best[1])
-    wall = time.perf_counter() - start
-    result = _evaluate(model, test, collect_maps=True)
+    steps_per_epoch = math.ceil(len(train.images) / cfg.images_per_batch)
+    loop = LoopConfig(
+        steps=steps_per_epoch * epochs, lr=cfg.lr, optimizer="adam", grad_clip=cfg.clip,
+        validate_at=tuple(steps_per_epoch * (e + 1) for e in range(epochs)), steps_per_epoch=steps_per_epoch, dropout_seed=seed,
+    )
+
+    def batches():
+        for _ in range(epochs):
+            yield from _image_batches(train, cfg.images_per_batch, rng.permutation(len(train.images)))
+
+    def loss_fn(model: VQAModel, batch: tuple) -> StepLoss:
+        images, questions, local, answers, _ = batch
+        logits, _ = model(images, questions, local)
+        return StepLoss(F.cross_entropy(logits, answers))
+
+    result = fit(model, batches(), loss_fn, lambda m: {"val_accuracy": _evaluate(m, val)["accuracy"]}, loop,
+                 select="val_accuracy", log=log, name=f"[vqa] {variant} seed {seed}",
+                 summarise_losses=lambda losses, _: float(np.mean(losses)))  # the mean over the epoch's batches
+    curve = [{"epoch": h["step"] // steps_per_epoch, "train_loss": h["train_loss"], "val_accuracy": h["val_accuracy"]} for h in result.history]
+    best_epoch = result.best_step // steps_per_epoch
+    out = _evaluate(model, test, collect_maps=True)
     if examples:
-        result["examples"] = _examples(model, test, examples)
-    log(f"[vqa] {variant:14s} seed {seed}: val {best[0]:.3f} (epoch {best[2]}), test {result['accuracy']:.3f}  ({wall:.0f} s)")
-    return {"seed": seed, "best_epoch": best[2], "val_accuracy": best[0], "train_time_s": wall, "curve": curve, **result,
-            "parameters": sum(p.numel() for p in model.parameters())}
+        out["examples"] = _examples(model, test, examples)
+    log(f"[vqa] {variant:14s} seed {seed}: val {result.best_score:.3f} (epoch {best_epoch}), test {out['accuracy']:.3f}  ({result.wall_s:.0f} s)")
+    return {"seed": seed, "best_epoch": best_epoch, "val_accuracy": result.best_score, "train_time_s": result.wall_s, "curve": curve, **out,
+            "parameters": count_parameters(model)}
 
 
 @torch.no_grad()
@@ -185,7 +205,7 @@ def _examples(model: VQAModel, data: VQASet, qids: list[int]) -> list[dict[str, 
     return out
 
 
-def _logit_multiplications(variant: str, data: VQASet, vocab_size: int, cfg: ExperimentConfig) -> int | None:
+def _logit_multiplications(variant: str, data: VQASet, vocab_size: int, cfg: VQAExperimentConfig) -> int | None:
     """Multiplications of the attention logits for one question, measured with FlopCounterMode."""
     if VARIANTS[variant][0] != "ban":
         return None
@@ -198,18 +218,12 @@ def _logit_multiplications(variant: str, data: VQASet, vocab_size: int, cfg: Exp
 
 
 @torch.no_grad()
-def _time_inference(variants: list[str], data: VQASet, vocab_size: int, cfg: ExperimentConfig, repeats: int = 7) -> dict[str, dict[str, float]]:
+def _time_inference(variants: list[str], data: VQASet, vocab_size: int, cfg: VQAExperimentConfig, repeats: int = 7) -> dict[str, dict[str, float]]:
     """Forward time of a 16-image batch, variants interleaved; median/min/max seconds."""
     models = {v: build_model(v, data, vocab_size, cfg).eval() for v in variants}
     images, questions, local, _, _ = next(_image_batches(data, 16, np.arange(min(16, len(data.images)))))
-    samples: dict[str, list[float]] = {v: [] for v in variants}
-    for rep in range(repeats + 1):
-        for v in variants[rep % len(variants):] + variants[: rep % len(variants)]:
-            t0 = time.perf_counter()
-            models[v](images, questions, local)
-            if rep:
-                samples[v].append(time.perf_counter() - t0)
-    return {v: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s)} for v, s in samples.items()}
+    fns = {v: (lambda m=models[v]: m(images, questions, local)) for v in variants}
+    return summary(time_interleaved(fns, repeats=repeats, warmup=1), keys=("median_s", "min_s", "max_s"))
 
 
 def _pick_examples(data: VQASet, seed: int, per_type: int = 1) -> list[int]:
@@ -233,12 +247,9 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run(config: ExperimentConfig | dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(config: VQAExperimentConfig | Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole chapter; returns JSON-serialisable metrics (see the module docstring)."""
-    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig(**config)
-    unknown = set(cfg.easy_variants + cfg.clevr_variants) - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; expected names from {list(VARIANTS)}")
+    cfg = VQAExperimentConfig.coerce(config)
     torch.set_num_threads(cfg.threads)
     datasets = {}
     t0 = time.perf_counter()
@@ -269,7 +280,7 @@ def _headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
     def add(name: str, value: float, tolerance: float, kind: str = "relative") -> None:
         if value is not None and math.isfinite(value):
-            rows.append({"name": name, "value": value, "tolerance": tolerance, "kind": kind})
+            rows.append(headline(name, value, tolerance, kind))
 
     for ds, m in metrics.items():
         for v, r in m["variants"].items():
@@ -280,8 +291,4 @@ def _headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"{ds}: qban_hamilton / qban_shared logit multiplications", var["qban_hamilton"]["logit_multiplications"] / var["qban_shared"]["logit_multiplications"], 0, "exact")
     return rows
 
-
-def config_dict(profile: str, seed: int = 0) -> dict[str, Any]:
-    """``asdict(config_for(profile, seed))``, for :func:`qattn.book.provenance.run_cached`."""
-    return asdict(config_for(profile, seed))
 

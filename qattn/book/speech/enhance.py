@@ -34,7 +34,7 @@ def default_checkpoint(variant: str = "qconformer_shared") -> Path:
             return path
     raise EnhanceError(
         f"no trained {variant} model found in {' or '.join(map(str, searched))}: run the speech chapter first "
-        "(make book, or python -m qattn.book.experiments.speech_enhancement --profile ci), "
+        "(make book, or python -m qattn.book.experiments speech_enhancement --profile ci), "
         "set QATTN_MODELS_DIR to the folder that holds <profile>/<variant>.pt, or pass --model PATH"
     )
 

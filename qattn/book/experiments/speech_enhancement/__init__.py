@@ -1,6 +1,6 @@
 """Speech enhancement (the paper's main experiment), heavily scaled down to this project's machines.
 
-Paper set-up (qsa.md §5-6): VoiceBank+DEMAND, release-sized models (0.80 M QConformer, 0.62 M
+Paper set-up: VoiceBank+DEMAND, release-sized models (0.80 M QConformer, 0.62 M
 QTransformer, 3.19 M real Conformer), 400 epochs; table 2 (PESQ/STOI) and table 3 (RTF).
 Here: the synthetic corpus of :mod:`qattn.book.data.speech` (a DIFFERENT, much easier-to-make corpus;
 the paper's numbers are shown beside ours, never compared), NARROW models of the same
@@ -29,8 +29,8 @@ model, shared and Hamilton interleaved, directly at ``release_whole_s`` (6.86 s)
 other lengths are COMPOSED as (whole − attention)·L/``release_whole_s`` + attention(L).
 Memory: the peak resident memory of one whole-model forward at the longest length, each model in
 a fresh process (:func:`peak_memory`): the trained sizes always, the release sizes where
-``release_memory`` (off in the full profile: four more whole 6.86 s forwards, about 100 s, for
-numbers that do not depend on the score: 732 MiB for all four in the run of 2026-12-02).
+``release_memory`` (off in the full profile: four more whole-model forwards at the longest
+length, whose peak memory barely depends on the score).
 
 The experiment in parts: :mod:`.config` (variants, paper numbers, profiles), :mod:`.training`
 (one variant's training), :mod:`.evaluation` (quality metrics, divergence, examples),

@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
+from qattn.book.data.speech import SpeechCorpusConfig
+from qattn.book.harness.config import ExperimentConfig, choice, nested
 from qattn.book.models.speech import N_FFT, SpeechEnhancer, SpeechModelConfig
 
 
@@ -61,15 +62,43 @@ FREQ_BOTTLENECK = (N_FFT // 2 + 2) // 2
 PAPER_PARAMS = {"qconformer": 0.80e6, "qtransformer": 0.62e6, "real_conformer": 3.19e6}
 
 
-@dataclass
-class SpeechExperimentConfig:
-    """Everything one run does; ``config_for(profile)`` gives the two profiles."""
+#: The narrow models trained in the full profile (keys: fields of SpeechModelConfig).
+_NARROW = dict(growth=8, dense_width=16, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=7,
+               n_time_blocks=1, n_freq_blocks=1, encoder_dilations=(1, 2), decoder_dilations=(2, 1),
+               dropout=0.0, attn_dropout=0.0)
+
+
+@dataclass(frozen=True)
+class SpeechExperimentConfig(ExperimentConfig):
+    """Everything one run does (:class:`~qattn.book.harness.config.ExperimentConfig`); ``config_for(profile)``
+    gives the two profiles.
+
+    ``corpus``: fields of :class:`~qattn.book.data.speech.SpeechCorpusConfig` (its ``seed`` is the
+    config's seed); ``model``: fields of :class:`~qattn.book.models.speech.SpeechModelConfig`
+    other than the variant's ``kind``, ``bottleneck`` and ``score``.
+    """
+
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": dict(
+            model=_NARROW,
+            corpus=dict(n_train=120, n_valid=8, n_test=12, max_seconds=2.5),
+            steps=80, valid_every=10, warmup_steps=10, cosine_decay=True, betas=(0.9, 0.999), train_threads=2,
+            timing_repeats=3, release_whole_repeats=2, release_memory=False,
+        ),
+        "ci": dict(
+            model=dict(_NARROW, encoder_dilations=(1,), decoder_dilations=(1,), growth=4, dense_width=8),
+            corpus=dict(n_train=8, n_valid=2, n_test=3, max_seconds=1.5),
+            quaternion_seeds=1, steps=2, batch_size=2, valid_every=2, valid_crop_s=0.5,
+            timing_lengths=(1.0,), timing_repeats=2, release_timing=False, release_whole_s=1.0,
+            divergence_s=0.5, divergence_sequences=2, n_examples=1,
+        ),
+    }
 
     profile: str = "full"
     seed: int = 0
-    corpus: dict[str, Any] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    corpus: dict[str, Any] = nested(SpeechCorpusConfig)
+    model: dict[str, Any] = nested(SpeechModelConfig, exclude=("kind", "bottleneck", "score"))
+    variants: tuple[str, ...] = choice(VARIANTS, tuple(VARIANTS))
     quaternion_seeds: int = 2
     real_seeds: int = 1
     steps: int = 36
@@ -85,7 +114,7 @@ class SpeechExperimentConfig:
     n_test: int | None = None
     train_threads: int = 1
     threads: int = 2
-    timing_lengths: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 6.86])
+    timing_lengths: tuple[float, ...] = (1.0, 2.0, 4.0, 6.86)
     timing_warmup: int = 1
     timing_repeats: int = 5
     release_timing: bool = True
@@ -99,42 +128,24 @@ class SpeechExperimentConfig:
     n_examples: int = 3
     real_clip: str = "/usr/share/sounds/alsa/Front_Center.wav"
 
+    @classmethod
+    def seeded(cls, values: dict[str, Any], seed: int) -> dict[str, Any]:
+        """The seed of the models and batches, and of the corpus."""
+        return {**values, "seed": seed, "corpus": {**values.get("corpus", {}), "seed": seed}}
+
+    def corpus_config(self) -> SpeechCorpusConfig:
+        """The corpus to generate."""
+        return SpeechCorpusConfig(**self.corpus)
+
 
 def config_for(profile: str, seed: int = 0, **overrides: Any) -> SpeechExperimentConfig:
     """The ``ci`` (about 2 minutes) or ``full`` (about 25 minutes on 2 cores) profile."""
-    narrow = dict(growth=8, dense_width=16, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=7,
-                  n_time_blocks=1, n_freq_blocks=1, encoder_dilations=[1, 2], decoder_dilations=[2, 1],
-                  dropout=0.0, attn_dropout=0.0)
-    if profile == "full":
-        cfg = SpeechExperimentConfig(
-            profile="full", seed=seed, model=narrow,
-            corpus=dict(n_train=120, n_valid=8, n_test=12, max_seconds=2.5, seed=seed),
-            steps=80, valid_every=10, warmup_steps=10, cosine_decay=True, betas=(0.9, 0.999), train_threads=2,
-            timing_repeats=3, release_whole_repeats=2, release_memory=False,
-        )
-    elif profile == "ci":
-        tiny = dict(narrow, encoder_dilations=[1], decoder_dilations=[1], growth=4, dense_width=8)
-        cfg = SpeechExperimentConfig(
-            profile="ci", seed=seed, model=tiny,
-            corpus=dict(n_train=8, n_valid=2, n_test=3, max_seconds=1.5, seed=seed),
-            quaternion_seeds=1, steps=2, batch_size=2, valid_every=2, valid_crop_s=0.5,
-            timing_lengths=[1.0], timing_repeats=2, release_timing=False, release_whole_s=1.0,
-            divergence_s=0.5, divergence_sequences=2, n_examples=1,
-        )
-    else:
-        raise ValueError(f"profile must be 'ci' or 'full', got {profile!r}")
-    for key, value in overrides.items():
-        if not hasattr(cfg, key):
-            raise ValueError(f"unknown config field {key!r}")
-        setattr(cfg, key, value)
-    return cfg
+    return SpeechExperimentConfig.for_profile(profile, seed, **overrides)
 
 
 def as_config(config: SpeechExperimentConfig | Mapping[str, Any]) -> SpeechExperimentConfig:
-    if isinstance(config, SpeechExperimentConfig):
-        return config
-    names = {f.name for f in dataclasses.fields(SpeechExperimentConfig)}
-    return SpeechExperimentConfig(**{k: v for k, v in config.items() if k in names})
+    """``config`` itself or the config of its dict (unknown keys refused)."""
+    return SpeechExperimentConfig.coerce(config)
 
 
 def model_config(base: Mapping[str, Any], variant: str) -> SpeechModelConfig:

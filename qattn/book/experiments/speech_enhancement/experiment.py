@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qattn.book.data.speech import SpeechCorpusConfig, load_speech_corpus
+from qattn.book.data.speech import load_speech_corpus
 from qattn.book.experiments.speech_enhancement.config import (
     LABELS, PAPER_PARAMS, PAPER_RTF, VARIANTS, SpeechExperimentConfig, as_config, model_config,
 )
@@ -22,7 +22,8 @@ from qattn.book.experiments.speech_enhancement.timing import (
     MaterialisedMaps, attention_share, maps_bytes, memory_table, release_params, release_timing, time_rtf,
 )
 from qattn.book.experiments.speech_enhancement.training import train_one, training_batches, validation_batch
-from qattn.book.models.speech import SpeechEnhancer, count_parameters
+from qattn.book.models.blocks import count_parameters
+from qattn.book.models.speech import SpeechEnhancer
 
 
 def _rtf_row(rows: list[dict[str, Any]], model: str, seconds: float) -> float | None:
@@ -49,7 +50,7 @@ def run(
     metrics: dict[str, Any] = {"wall_s": {}}
     try:
         t0 = time.perf_counter()
-        corpus_cfg = SpeechCorpusConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.corpus.items()})
+        corpus_cfg = cfg.corpus_config()
         corpus = load_speech_corpus(corpus_cfg)
         metrics["wall_s"]["corpus"] = time.perf_counter() - t0
         metrics["corpus"] = {

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from qattn.attention import QuaternionMultiheadAttention
+from qattn.book.harness.memory import peak_memory as probe_peak_memory
+from qattn.book.harness.timing import summary, time_interleaved
 from qattn.book.experiments.speech_enhancement.config import FREQ_BOTTLENECK, VARIANTS, SpeechExperimentConfig, model_config
 from qattn.book.models.speech import HOP, SpeechEnhancer, SpeechModelConfig, count_parameters, release_config
-
-
-def _time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
-    names = list(fns)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for rep in range(warmup + repeats):
-        order = names[rep % len(names):] + names[: rep % len(names)]
-        for n in order:
-            t0 = time.perf_counter()
-            fns[n]()
-            if rep >= warmup:
-                samples[n].append(time.perf_counter() - t0)
-    return {n: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s), "repeats": len(s)} for n, s in samples.items()}
 
 
 def _need_weights_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -64,47 +50,32 @@ def maps_bytes(model_cfg: SpeechModelConfig, seconds: float) -> int:
     return 4 * 4 * model_cfg.num_heads * FREQ_BOTTLENECK * frames * frames
 
 
-def _memory_probe(model: dict[str, Any], seconds: float, threads: int, materialise_maps: bool) -> dict[str, Any]:
-    """Child-process body of :func:`peak_memory`: one forward, peak resident memory above the start."""
-    from qattn.book.experiments.performance import _status_kb
-
-    torch.set_num_threads(threads)
+def memory_workload(model: dict[str, Any], seconds: float, materialise_maps: bool) -> Callable[[], Any]:
+    """Workload of :func:`peak_memory` (built in the probe's fresh process): one whole-model forward
+    at batch 1 on ``seconds`` of random audio, random weights (``torch.manual_seed(0)``)."""
     cfg = SpeechModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
     torch.manual_seed(0)
     net: nn.Module = SpeechEnhancer(cfg).eval()
     if materialise_maps:
         net = MaterialisedMaps(net)  # type: ignore[arg-type]
     wave = 0.1 * torch.randn(1, int(round(seconds * 16000)), generator=torch.Generator().manual_seed(0))
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
-    base = _status_kb("VmRSS") * 1024
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        net(wave)
-    elapsed = time.perf_counter() - t0
-    return {"ok": True, "peak_bytes": _status_kb("VmHWM") * 1024 - base, "time_s": elapsed}
+
+    def forward() -> None:
+        with torch.inference_mode():
+            net(wave)
+
+    return forward
 
 
 def peak_memory(model_cfg: SpeechModelConfig, seconds: float, threads: int = 2, materialise_maps: bool = False, timeout: float = 600) -> dict[str, Any]:
     """Peak extra resident memory (bytes) of one whole-model forward at batch 1, in a fresh process.
 
     Weights are random (memory does not depend on them). Returns ``{"ok", "peak_bytes", "time_s"}``
-    or ``{"ok": False, "error"}``. Linux only (``/proc/self/clear_refs``).
+    or ``{"ok": False, "error"}``. Linux only (``/proc/self/clear_refs``); through
+    :func:`qattn.book.harness.memory.peak_memory` with :func:`memory_workload`.
     """
-    import json
-    import subprocess
-    import sys
-
-    args = {"model": model_cfg.to_dict(), "seconds": seconds, "threads": threads, "materialise_maps": materialise_maps}
-    code = "import json, sys; from qattn.book.experiments.speech_enhancement.timing import _memory_probe; print(json.dumps(_memory_probe(**json.loads(sys.argv[1]))))"
-    try:
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, timeout=timeout,
-                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {"ok": False, "error": (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:200]}
-    return json.loads(lines[-1])
+    kwargs = {"model": model_cfg.to_dict(), "seconds": seconds, "materialise_maps": materialise_maps}
+    return probe_peak_memory("qattn.book.experiments.speech_enhancement.timing:memory_workload", kwargs, threads=threads, timeout=timeout)
 
 
 def time_rtf(models: dict[str, nn.Module], lengths: list[float], warmup: int, repeats: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -121,7 +92,7 @@ def time_rtf(models: dict[str, nn.Module], lengths: list[float], warmup: int, re
             model.eval()
             fns[name] = (lambda m=model: m(wave))
         with torch.inference_mode():
-            timed = _time_interleaved(fns, warmup if i == 0 else 0, repeats)
+            timed = summary(time_interleaved(fns, repeats=repeats, warmup=warmup if i == 0 else 0))
         for name, t in timed.items():
             rows.append({"model": name, "seconds": seconds, **t, "rtf": t["median_s"] / seconds,
                          "rtf_min": t["min_s"] / seconds, "rtf_max": t["max_s"] / seconds})
@@ -190,7 +161,7 @@ def release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> d
         else:
             out["maps_skipped"].append({"seconds": seconds, "needs_gb": need / 2**30, "limit_gb": cfg.maps_limit_gb})
         with torch.inference_mode():
-            timed = _time_interleaved(fns, cfg.timing_warmup if i == 0 else 0, cfg.timing_repeats)
+            timed = summary(time_interleaved(fns, repeats=cfg.timing_repeats, warmup=cfg.timing_warmup if i == 0 else 0))
         for s, row in timed.items():
             # one time-axis and one frequency-axis layer per call; the release has n_time_blocks of each
             per_model = row["median_s"] * rel.n_time_blocks
@@ -208,7 +179,7 @@ def release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> d
         with torch.inference_mode():
             for m in models.values():
                 m(wave[:, :16000])  # warm-up on one second
-            timed = _time_interleaved({s: (lambda m=m: m(wave)) for s, m in models.items()}, 0, cfg.release_whole_repeats)
+            timed = summary(time_interleaved({s: (lambda m=m: m(wave)) for s, m in models.items()}, repeats=cfg.release_whole_repeats))
         for s, row in timed.items():
             out["whole"].append({"family": family, "score": s, "seconds": whole_s, **row, "rtf": row["median_s"] / whole_s})
         log(f"  release {family} whole model at {whole_s} s: hamilton {timed['hamilton']['median_s']:.2f} s, shared {timed['shared']['median_s']:.2f} s")

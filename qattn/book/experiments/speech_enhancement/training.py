@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +11,9 @@ from torch import nn
 
 from qattn.book.data.speech import SpeechSplit
 from qattn.book.experiments.speech_enhancement.config import SpeechExperimentConfig, build_model
-from qattn.book.models.speech import SpeechEnhancer, count_parameters
+from qattn.book.harness.training import LoopConfig, StepLoss, every, fit
+from qattn.book.models.blocks import count_parameters
+from qattn.book.models.speech import SpeechEnhancer
 from qattn.book.speech.losses import total_loss
 from qattn.book.speech.metrics import si_sdr
 
@@ -55,49 +54,39 @@ def _valid_si_sdr(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) ->
     return float(np.mean([si_sdr(c, e) for c, e in zip(batch[1].numpy(), est)]))
 
 
-def _lr_factor(step: int, total: int, warmup: int, cosine: bool) -> float:
-    """Learning-rate multiplier at ``step`` (0-based): linear warm-up, then constant or cosine to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if not cosine:
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train_one(
     cfg: SpeechExperimentConfig, variant: str, seed: int, batches: list, valid: tuple[torch.Tensor, torch.Tensor], log: Callable[[str], None]
 ) -> tuple[SpeechEnhancer, dict[str, Any]]:
-    """Train ``variant`` on ``batches``; keep the state with the best validation SI-SDR.
+    """Train ``variant`` on ``batches`` (:func:`~qattn.book.harness.training.fit`: AdamW, warm-up
+    then constant or cosine, clipping, dropout from ``seed + 1000``); keep the state with the best
+    validation SI-SDR (every ``valid_every`` steps and at the last).
 
     Returns the best model (eval mode) and its history: per-step losses, validation curve, best
     step, wall time and parameter count.
     """
     model = build_model(cfg.model, variant, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, len(batches), cfg.warmup_steps, cfg.cosine_decay))
-    history: dict[str, Any] = {"loss": [], "terms": [], "valid_step": [], "valid_si_sdr": [], "params": count_parameters(model)}
-    best = (-float("inf"), 0, copy.deepcopy(model.state_dict()))
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1000)  # dropout masks
-        model.train()
-        for step, (noisy, clean) in enumerate(batches, 1):
-            terms = total_loss(model(noisy), clean)
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            opt.step()
-            sched.step()
-            history["loss"].append(float(terms["total"].detach()))
-            history["terms"].append({k: float(v.detach()) for k, v in terms.items() if k != "total"})
-            if step % cfg.valid_every == 0 or step == len(batches):
-                score = _valid_si_sdr(model, valid)
-                history["valid_step"].append(step)
-                history["valid_si_sdr"].append(score)
-                if score > best[0]:
-                    best = (score, step, copy.deepcopy(model.state_dict()))
-                log(f"  {variant} seed {seed} step {step}/{len(batches)}: loss {terms['total']:.3f}, valid SI-SDR {score:.2f} dB")
-    model.load_state_dict(best[2])
-    history.update(best_step=best[1], best_valid_si_sdr=best[0], wall_s=time.perf_counter() - start)
-    return model.eval(), history
+    params = count_parameters(model)
+    loop = LoopConfig(
+        steps=len(batches), lr=cfg.lr, optimizer="adamw", weight_decay=0.01, betas=cfg.betas,  # torch's AdamW default decay
+        warmup_steps=cfg.warmup_steps, decay="cosine" if cfg.cosine_decay else "constant", grad_clip=cfg.clip_norm,
+        validate_at=every(len(batches), cfg.valid_every), dropout_seed=seed + 1000,
+    )
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
+        noisy, clean = batch
+        terms = total_loss(model(noisy), clean)
+        return StepLoss(terms["total"], terms={k: v for k, v in terms.items() if k != "total"})
+
+    result = fit(model, batches, loss_fn, lambda m: {"valid_si_sdr": _valid_si_sdr(m, valid)}, loop,
+                 select="valid_si_sdr", log=log, name=f"{variant} seed {seed}")
+    history: dict[str, Any] = {
+        "loss": result.step_losses,
+        "terms": result.step_terms,
+        "valid_step": [h["step"] for h in result.history],
+        "valid_si_sdr": [h["valid_si_sdr"] for h in result.history],
+        "params": params,
+        "best_step": result.best_step,
+        "best_valid_si_sdr": result.best_score,
+        "wall_s": result.wall_s,
+    }
+    return model, history

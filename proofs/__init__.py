@@ -4,7 +4,7 @@
   quaternion projections built from non-commutative block symbols, and the expansion of a score
   into elementary terms ``T(a, b, c, c′) = x_aᵀ W_cᵀ U_c′ y_b``.
 - :mod:`proofs.interaction_subspace`: statements 0-5 of the interaction-subspace theorem (our
-  reconstruction, ``shared/design/qsa.md`` §4), checked for general ``d`` and ``d_h``;
+  reconstruction of the paper's theorem), checked for general ``d`` and ``d_h``;
   :func:`~proofs.interaction_subspace.prove` returns a record or raises.
 - :mod:`proofs.numeric`: the same supports recovered from qattn's own layers and score functions
   (bilinear matrices by autograd).

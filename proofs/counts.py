@@ -138,7 +138,7 @@ def _value_mults_per_pair_unit() -> int:
 
 
 def head_formulas(table: ProductTable = HAMILTON) -> dict[str, HeadCounts]:
-    """The per-head formulas of qsa.md §3, derived symbolically in ``N`` and ``d_h``."""
+    """The per-head multiplication and softmax counts of both scores, derived symbolically in ``N`` and ``d_h``."""
     pair = per_pair_unit_counts(table)
     value = _value_mults_per_pair_unit()
     out = {}

@@ -1,7 +1,6 @@
 """The interaction-subspace theorem (our reconstruction of the paper's theorem), checked by SymPy.
 
-The paper's own wording was not reachable; the statement below is ours (``shared/design/qsa.md``
-§4). Tokens ``x, y ∈ Hᵈ`` with real components ``x_a, y_b``; ``q = W ⊗ x``, ``k = U ⊗ y`` with
+The paper's own wording was not reachable; the statement below is ours. Tokens ``x, y ∈ Hᵈ`` with real components ``x_a, y_b``; ``q = W ⊗ x``, ``k = U ⊗ y`` with
 ``W, U ∈ H^(d_h×d)`` (component pre-mixing). Elementary terms
 ``T(a, b, c, c′) = x_aᵀ W_cᵀ U_c′ y_b`` (256 of them) span the interaction subspace 𝓘.
 

@@ -1,6 +1,6 @@
 """The symbolic engine: product tables, score forms, projections and their expansion into terms.
 
-Notation (``shared/design/qsa.md`` §1 and §4). Components are indexed ``0..3 = r, i, j, k`` and a
+Notation (the paper's conventions and our statement of its theorem). Components are indexed ``0..3 = r, i, j, k`` and a
 product table gives ``e_a e_b = sign[a][b] · e_(a XOR b)``. A token ``x ∈ Hᵈ`` has real component
 vectors ``x_0 … x_3 ∈ ℝᵈ``; a quaternion weight ``W ∈ H^(d_h×d)`` has real components
 ``W_0 … W_3 ∈ ℝ^(d_h×d)``. With component pre-mixing ("premixed", ``q = W ⊗ x``)::

@@ -9,6 +9,8 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not book"
 	$(PY) scripts/build_book.py --profile ci
 	$(PY) -m pytest -q -m book

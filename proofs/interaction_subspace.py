@@ -1,6 +1,7 @@
 """The interaction-subspace theorem (our reconstruction of the paper's theorem), checked by SymPy.
 
-The paper's own wording was not reachable; the statement below is ours. Tokens ``x, y ∈ Hᵈ`` with real components ``x_a, y_b``; ``q = W ⊗ x``, ``k = U ⊗ y`` with
+The paper's own wording was not reachable; the statement below is ours. Tokens ``x, y ∈ Hᵈ`` with real
+components ``x_a, y_b``; ``q = W ⊗ x``, ``k = U ⊗ y`` with
 ``W, U ∈ H^(d_h×d)`` (component pre-mixing). Elementary terms
 ``T(a, b, c, c′) = x_aᵀ W_cᵀ U_c′ y_b`` (256 of them) span the interaction subspace 𝓘.
 
@@ -203,7 +204,8 @@ def check_convention(table: ProductTable) -> StatementResult:
         0,
         "the product table is the Hamilton product (SymPy Quaternion as oracle)",
         not wrong,
-        "all four components of W ⊗ x agree with SymPy" if not wrong
+        "all four components of W ⊗ x agree with SymPy"
+        if not wrong
         else f"components {[names[c] for c in wrong]} of W ⊗ x differ from SymPy's Quaternion product",
     )
 
@@ -228,8 +230,9 @@ def check_statement_1(supports: dict[str, Terms]) -> StatementResult:
         "each of the five scores is a ±1 combination of exactly 64 distinct elementary terms, all in the span "
         "of 256 linearly independent terms",
         not problems,
-        "; ".join(problems) if problems else
-        f"term counts {{{', '.join(f'{n}: {len(t)}' for n, t in supports.items())}}}, coefficients ±1; the 256 terms "
+        "; ".join(problems)
+        if problems
+        else f"term counts {{{', '.join(f'{n}: {len(t)}' for n, t in supports.items())}}}, coefficients ±1; the 256 terms "
         "specialise to 256 distinct monomials x_a y_b w_c u_c′, hence are independent for every d, d_h",
     )
 
@@ -264,8 +267,11 @@ def check_statement_2(supports: dict[str, Terms]) -> tuple[StatementResult, int,
 
 def check_statement_3(coverages: dict[str, Grid]) -> StatementResult:
     """3: every score has exactly 4 terms for each of the 16 pairs; Hamilton adds no new pair."""
-    problems = [f"{name} covers {len(_pairs(g))} pairs with counts {sorted({v for r in g for v in r})}, not 4 terms on all 16"
-                for name, g in coverages.items() if any(v != 4 for row in g for v in row)]
+    problems = [
+        f"{name} covers {len(_pairs(g))} pairs with counts {sorted({v for r in g for v in r})}, not 4 terms on all 16"
+        for name, g in coverages.items()
+        if any(v != 4 for row in g for v in row)
+    ]
     union = set().union(*(_pairs(coverages[n]) for n in SCORE_NAMES[1:]))
     extra = union - _pairs(coverages["shared"])
     if extra:
@@ -319,13 +325,14 @@ def check_statement_5(
     """
     problems = []
     lam = sp.symbols("lambda_r lambda_i lambda_j lambda_k")
-    equations = [supports["shared"].get(t, 0) - sum(l * supports[n].get(t, 0) for l, n in zip(lam, SCORE_NAMES[1:]))
-                 for t in ALL_TERMS]
+    equations = [
+        supports["shared"].get(t, 0) - sum(coef * supports[n].get(t, 0) for coef, n in zip(lam, SCORE_NAMES[1:])) for t in ALL_TERMS
+    ]
     solution = sp.linsolve(equations, lam)
     combination = None
     if solution != sp.S.EmptySet:
         sol = next(iter(solution))
-        combination = {str(l): str(v) for l, v in zip(lam, sol)}
+        combination = {str(coef): str(v) for coef, v in zip(lam, sol)}
         problems.append(f"the shared score IS a linear combination of the S_m: {combination}")
 
     w = sp.symbols("w_r w_i w_j w_k", real=True)
@@ -346,11 +353,11 @@ def check_statement_5(
     return (
         StatementResult(
             5,
-            "the shared score is not a linear combination of S_r, S_i, S_j, S_k, and no quaternion key weight makes "
-            "any S_m equal to it",
+            "the shared score is not a linear combination of S_r, S_i, S_j, S_k, and no quaternion key weight makes any S_m equal to it",
             not problems,
-            "; ".join(problems) if problems else
-            f"Σ λ_m S_m = shared has no solution; det L(W) = {det_w}; for each m the key system has only U = U′ = 0",
+            "; ".join(problems)
+            if problems
+            else f"Σ λ_m S_m = shared has no solution; det L(W) = {det_w}; for each m the key system has only U = U′ = 0",
         ),
         combination,
         solutions,

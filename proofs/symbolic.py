@@ -300,7 +300,7 @@ def expand_scalar_score(form: ScoreForm, table: ProductTable = HAMILTON, project
         return {}
     terms: Terms = {}
     for monom, coeff in sp.Poly(score, *gens).terms():
-        blocks = [monom[4 * r: 4 * r + 4] for r in range(4)]
+        blocks = [monom[4 * r : 4 * r + 4] for r in range(4)]
         if any(sorted(b) != [0, 0, 0, 1] for b in blocks):
             raise ValueError(f"monomial {monom} is not of the form x_a y_b w_c u_c′")
         a, b, c, cp = (blk.index(1) for blk in blocks)

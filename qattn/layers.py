@@ -242,15 +242,12 @@ class _QuaternionConv(_QuaternionWeights):
         self.stride = _tuple(stride, n, "stride")
         self.padding = _tuple(padding, n, "padding")
         self.dilation = _tuple(dilation, n, "dilation")
-        super().__init__(
-            in_channels, out_channels, self.kernel_size, bias, init, device, dtype, ("in_channels", "out_channels")
-        )
+        super().__init__(in_channels, out_channels, self.kernel_size, bias, init, device, dtype, ("in_channels", "out_channels"))
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != self._dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"input must have shape (batch, in_channels={self.in_channels}, {self._dims} spatial dims), "
-                f"got {tuple(x.shape)}"
+                f"input must have shape (batch, in_channels={self.in_channels}, {self._dims} spatial dims), got {tuple(x.shape)}"
             )
 
     def extra_repr(self) -> str:
@@ -312,6 +309,4 @@ class QuaternionConvTranspose2d(_QuaternionConv):
         self._check_input(x)
         # conv_transpose2d expects (in, out, kH, kW): the transpose of the channel-mixing matrix.
         weight = self.block_weight().transpose(0, 1)
-        return F.conv_transpose2d(
-            x, weight, self.bias, self.stride, self.padding, self.output_padding, 1, self.dilation
-        )
+        return F.conv_transpose2d(x, weight, self.bias, self.stride, self.padding, self.output_padding, 1, self.dilation)

@@ -70,8 +70,7 @@ def _check_blocked(x: Tensor, name: str, dim: int = -1) -> int:
     size = x.shape[dim]
     if size % 4 != 0:
         raise ValueError(
-            f"{name} must have a size divisible by 4 along dim {dim} (blocked quaternion "
-            f"layout r|i|j|k), got shape {tuple(x.shape)}"
+            f"{name} must have a size divisible by 4 along dim {dim} (blocked quaternion layout r|i|j|k), got shape {tuple(x.shape)}"
         )
     return size // 4
 

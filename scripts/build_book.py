@@ -89,7 +89,7 @@ def toc_files(toc: Path = TOC) -> list[str]:
 
 def toc_notebooks(toc: Path = TOC) -> list[str]:
     """Stems of the executed notebooks the toc lists (entries ``generated/<stem>``), in reading order."""
-    return [f[len(GENERATED_PREFIX):] for f in toc_files(toc) if f.startswith(GENERATED_PREFIX)]
+    return [f[len(GENERATED_PREFIX) :] for f in toc_files(toc) if f.startswith(GENERATED_PREFIX)]
 
 
 def check_toc(toc: Path = TOC, notebooks: Path = NOTEBOOKS, book: Path = BOOK) -> list[str]:
@@ -196,7 +196,11 @@ def build_html() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    parser.add_argument("--results-dir", type=Path, help="results folder (default: qattn.book.paths.results_dir(profile): build/results/<profile> in a checkout)")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        help="results folder (default: qattn.book.paths.results_dir(profile): build/results/<profile> in a checkout)",
+    )
     parser.add_argument("--skip-execute", action="store_true", help="only rebuild the HTML from book/generated")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
@@ -225,8 +229,12 @@ def main(argv: list[str] | None = None) -> int:
                 report_failure(stem, err)
                 return 1
             print(f"[{i}/{len(stems)}] {stem}.ipynb: done in {times[stem]:.1f} s", flush=True)
-        summary = {"profile": profile.name, "notebooks_s": {k: round(v, 1) for k, v in times.items()},
-                   "total_s": round(sum(times.values()), 1), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        summary = {
+            "profile": profile.name,
+            "notebooks_s": {k: round(v, 1) for k, v in times.items()},
+            "total_s": round(sum(times.values()), 1),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         (LOGS / profile.name / "times.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"build_book: notebooks done in {summary['total_s'] / 60:.1f} min", flush=True)
     html_start = time.perf_counter()

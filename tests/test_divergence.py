@@ -14,17 +14,17 @@ def _random_maps(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_identical_maps_give_exactly_zero():
-    one = _random_maps(2, 3, 5, 7)                       # (B, H, N, S)
-    four = repeat_components(one)                        # (B, H, 4, N, S), four identical maps
+    one = _random_maps(2, 3, 5, 7)  # (B, H, N, S)
+    four = repeat_components(one)  # (B, H, 4, N, S), four identical maps
     assert four.shape == (2, 3, 4, 5, 7)
     rows = mean_pairwise_js(four, component_dim=2)
     assert rows.shape == (2, 3, 5)
-    assert torch.equal(rows, torch.zeros_like(rows))     # exactly, not approximately
+    assert torch.equal(rows, torch.zeros_like(rows))  # exactly, not approximately
     assert layer_divergence(one) == 0.0 and layer_divergence(four) == 0.0
 
 
 def test_negative_control_different_maps_are_positive():
-    maps = _random_maps(2, 3, 4, 5, 7, seed=1)           # four independent maps per row
+    maps = _random_maps(2, 3, 4, 5, 7, seed=1)  # four independent maps per row
     rows = mean_pairwise_js(maps, component_dim=2)
     assert (rows > 0.01).all() and (rows <= 1).all()
     assert layer_divergence(maps) > 0.01

@@ -8,10 +8,31 @@ from qattn.book.experiments import nlp, vision
 from qattn.book.models.blocks import VARIANTS
 from qattn.book.provenance import run_cached
 
-TINY_VISION = dict(train_size=300, val_size=100, test_size=100, epochs=1, checkpoints=2, batch_size=64,
-                   width=32, probe_size=16, n_examples=2, timing_batch=16, timing_rounds=1)
-TINY_NLP = dict(train_size=300, eval_size=300, epochs=1, checkpoints=2, width=32, probe_size=16, timing_batch=16, timing_rounds=1,
-                secondary_variants=("shared",), max_vocab=500)
+TINY_VISION = dict(
+    train_size=300,
+    val_size=100,
+    test_size=100,
+    epochs=1,
+    checkpoints=2,
+    batch_size=64,
+    width=32,
+    probe_size=16,
+    n_examples=2,
+    timing_batch=16,
+    timing_rounds=1,
+)
+TINY_NLP = dict(
+    train_size=300,
+    eval_size=300,
+    epochs=1,
+    checkpoints=2,
+    width=32,
+    probe_size=16,
+    timing_batch=16,
+    timing_rounds=1,
+    secondary_variants=("shared",),
+    max_vocab=500,
+)
 
 
 def _check_common(task: dict, variants, wide_factor: float) -> None:

@@ -72,7 +72,9 @@ def test_value_outside_the_allowed_set_is_refused():
 
 def test_nested_dict_keys_are_checked_against_the_dataclass():
     assert Demo(corpus={"n_train": 3}).corpus == {"n_train": 3}
-    with pytest.raises(ValueError, match=r"Demo.corpus: unknown key\(s\) \['n_trian'\] \(fields of SpeechCorpusConfig\); allowed: \['n_train'"):
+    with pytest.raises(
+        ValueError, match=r"Demo.corpus: unknown key\(s\) \['n_trian'\] \(fields of SpeechCorpusConfig\); allowed: \['n_train'"
+    ):
         Demo(corpus={"n_trian": 3})
 
 
@@ -146,7 +148,7 @@ def _model() -> nn.Module:
 
 def _run(model: nn.Module, scores=None, steps: int = 12, **loop: Any):
     x, y = _data()
-    batches = [(x[i % 4 * 16:(i % 4 + 1) * 16], y[i % 4 * 16:(i % 4 + 1) * 16]) for i in range(steps)]
+    batches = [(x[i % 4 * 16 : (i % 4 + 1) * 16], y[i % 4 * 16 : (i % 4 + 1) * 16]) for i in range(steps)]
     calls = iter(scores) if scores is not None else None
 
     def validate(m: nn.Module) -> dict[str, Any]:
@@ -159,8 +161,19 @@ def _run(model: nn.Module, scores=None, steps: int = 12, **loop: Any):
         loss = F.cross_entropy(m(batch[0]), batch[1])
         return StepLoss(loss, weight=len(batch[1]), terms={"double": 2 * loss})
 
-    config = LoopConfig(**{"steps": steps, "lr": 0.05, "validate_at": (0, 4, 8, 12), "grad_clip": 1.0, "dropout_seed": 7,
-                           "warmup_steps": 2, "decay": "cosine", "steps_per_epoch": 4, **loop})
+    config = LoopConfig(
+        **{
+            "steps": steps,
+            "lr": 0.05,
+            "validate_at": (0, 4, 8, 12),
+            "grad_clip": 1.0,
+            "dropout_seed": 7,
+            "warmup_steps": 2,
+            "decay": "cosine",
+            "steps_per_epoch": 4,
+            **loop,
+        }
+    )
     return fit(model, batches, loss_fn, validate, config, select="score")
 
 
@@ -220,8 +233,14 @@ def test_train_loss_is_the_weighted_mean_since_the_previous_validation():
 def test_wrong_number_of_batches_is_refused():
     batches = [(torch.zeros(1, 5), torch.zeros(1, dtype=torch.long))] * 12
     with pytest.raises(ValueError, match="got 12 batches for 13 steps"):
-        fit(_model(), batches, lambda m, b: StepLoss(F.cross_entropy(m(b[0]), b[1])), lambda m: {"s": 0.0},
-            LoopConfig(steps=13, lr=0.1), select="s")
+        fit(
+            _model(),
+            batches,
+            lambda m, b: StepLoss(F.cross_entropy(m(b[0]), b[1])),
+            lambda m: {"s": 0.0},
+            LoopConfig(steps=13, lr=0.1),
+            select="s",
+        )
 
 
 def test_optimiser_choice():

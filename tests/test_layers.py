@@ -1,6 +1,5 @@
 """Quaternion layers: block structure, equivalence with unit-by-unit Hamilton products, init, errors."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,7 +49,7 @@ def test_linear_parameter_counts():
 def test_block_weight_has_the_left_multiplication_structure():
     layer = QuaternionLinear(8, 4)
     m = layer.block_weight().detach()
-    blocks = [[m[a:a + 1, 2 * b:2 * b + 2] for b in range(4)] for a in range(4)]
+    blocks = [[m[a : a + 1, 2 * b : 2 * b + 2] for b in range(4)] for a in range(4)]
     w_r, w_i, w_j, w_k = (w.detach() for w in layer.components())
     assert torch.equal(blocks[0][0], w_r) and torch.equal(blocks[0][1], -w_i)
     assert torch.equal(blocks[1][2], -w_k) and torch.equal(blocks[2][1], w_k) and torch.equal(blocks[3][1], -w_j)
@@ -140,7 +139,7 @@ def test_conv_transpose2d_scatters_hamilton_products():
             for ki in range(3):
                 for kj in range(3):
                     expected[:, i + ki, j * 2 + kj] += hamilton_matvec(conv, qt.split(x[0, :, i, j], dim=0), ki, kj).flatten()
-    expected = expected[:, 1:1 + 3, 1:1 + 8] + conv.bias[:, None, None]
+    expected = expected[:, 1 : 1 + 3, 1 : 1 + 8] + conv.bias[:, None, None]
     assert torch.allclose(y[0], expected)
 
 

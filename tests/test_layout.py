@@ -93,7 +93,11 @@ def violations(source: str, module: str, is_package: bool = False) -> list[str]:
         ("from ..book import paths\n", "qattn.attention.fake", False),
         ("from .book.report import headline\n", "qattn", True),
         ("from . import book\n", "qattn", True),
-        ("def f():\n    try:\n        from qattn.book.paths import home\n    except ImportError:\n        pass\n", "qattn.metrics.divergence", False),
+        (
+            "def f():\n    try:\n        from qattn.book.paths import home\n    except ImportError:\n        pass\n",
+            "qattn.metrics.divergence",
+            False,
+        ),
         ("import importlib\nM = importlib.import_module('qattn.book.provenance')\n", "qattn.quaternion", False),
     ],
 )
@@ -104,7 +108,13 @@ def test_checker_reports_an_import_of_the_book_side(source, module, is_package):
 
 @pytest.mark.parametrize(
     "source",
-    ["import scipy.signal\n", "from matplotlib import pyplot\n", "def plot():\n    import sympy\n", "import torchvision\n", "import numpyro\n"],
+    [
+        "import scipy.signal\n",
+        "from matplotlib import pyplot\n",
+        "def plot():\n    import sympy\n",
+        "import torchvision\n",
+        "import numpyro\n",
+    ],
 )
 def test_checker_reports_a_third_party_import(source):
     found = violations(source, "qattn.metrics.divergence")

@@ -53,7 +53,11 @@ def test_shared_and_hamilton_start_identical(family):
     assert sa.keys() == sb.keys()
     for key in sa:
         assert torch.equal(sa[key], sb[key]), key
-    c = build_vit("shared", generator=gen(6), **SMALL_VIT) if family == "vit" else build_text_model("shared", generator=gen(6), **SMALL_TEXT)
+    c = (
+        build_vit("shared", generator=gen(6), **SMALL_VIT)
+        if family == "vit"
+        else build_text_model("shared", generator=gen(6), **SMALL_TEXT)
+    )
     assert not all(torch.equal(sa[k], v) for k, v in c.state_dict().items())
     # ... and they do compute different things (the scores differ)
     if family == "vit":
@@ -86,7 +90,7 @@ def test_encoder_parameter_ratio_is_four():
     blocks_q = count_parameters(build_vit("shared", **SMALL_VIT).encoder.blocks)
     blocks_r = count_parameters(build_vit("real_same_width", **SMALL_VIT).encoder.blocks)
     norms = 2 * 2 * 32  # two LayerNorms per block (not quaternion)
-    biases = (4 * 32 + 32 * 2 + 32)  # attention biases + FFN biases are real-sized in both
+    biases = 4 * 32 + 32 * 2 + 32  # attention biases + FFN biases are real-sized in both
     assert blocks_r - norms - biases == 4 * (blocks_q - norms - biases)
 
 

@@ -49,7 +49,12 @@ def mha_case(draw):
     b, n, s = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
     masks = draw(st.sampled_from(["none", "bool2d", "float2d", "bool3d", "padding-bool", "padding-float", "both"]))
     return dict(
-        h=h, e=e, b=b, n=n, s=s, masks=masks,
+        h=h,
+        e=e,
+        b=b,
+        n=n,
+        s=s,
+        masks=masks,
         head_split=draw(st.sampled_from(["components", "release"])),
         batch_first=draw(st.booleans()),
         average=draw(st.booleans()),
@@ -189,7 +194,9 @@ def test_head_split_release_gives_head_h_component_h_only():
         assert torch.allclose(w[0, h], torch.softmax(scores, -1))
     # Perturbing another component's query features leaves head h untouched.
     q_proj_out = layer.q_proj(x)
-    assert torch.equal(layer.split_heads(q_proj_out)[:, 0], layer.split_heads(q_proj_out + torch.cat([torch.zeros(16), torch.ones(48)]).double())[:, 0])
+    assert torch.equal(
+        layer.split_heads(q_proj_out)[:, 0], layer.split_heads(q_proj_out + torch.cat([torch.zeros(16), torch.ones(48)]).double())[:, 0]
+    )
 
 
 def test_same_seed_gives_identical_parameters_for_both_scores():
@@ -306,7 +313,7 @@ def test_block_matrices_are_cached_only_without_autograd():
         assert layer._packed_qkv()[0].data_ptr() == layer._packed_qkv()[0].data_ptr()  # same cached storage
         proj.weight_i.add_(1.0)  # an in-place update (as an optimiser step) invalidates the cache
         rebuilt = proj.block_weight()
-        assert rebuilt is not first and torch.equal(rebuilt[16 // 4:2 * 16 // 4, :16 // 4], proj.weight_i)
+        assert rebuilt is not first and torch.equal(rebuilt[16 // 4 : 2 * 16 // 4, : 16 // 4], proj.weight_i)
         x = torch.randn(1, 4, 16, dtype=torch.float64)
         cached_out = layer(x, x, x)[0]
     with_grad = proj.block_weight()

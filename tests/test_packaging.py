@@ -206,7 +206,22 @@ def test_wheel_installs_and_runs_outside_the_checkout():
         src, dist, venv, work, home = (tmp / n for n in ("src", "dist", "venv", "work", "home"))
         shutil.copytree(ROOT, src, ignore=_ignore_build_state)
         STAGE_TIMES["copy"] = time.monotonic() - t0
-        _run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps", "--no-build-isolation", "-w", dist, src], "wheel")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                dist,
+                src,
+            ],
+            "wheel",
+        )
         (wheel,) = dist.glob("qattn-*.whl")
         in_wheel = set(zipfile.ZipFile(wheel).namelist())
         sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "qattn").rglob("*.py")}
@@ -243,10 +258,17 @@ def test_wheel_installs_and_runs_outside_the_checkout():
             "default": {},
             "xdg": {"XDG_CACHE_HOME": str(tmp / "xdg")},
             "qattn_home": {"QATTN_HOME": str(tmp / "qh"), "XDG_CACHE_HOME": str(tmp / "xdg")},
-            "each": {"QATTN_HOME": str(tmp / "qh"), "QATTN_DATA_DIR": str(tmp / "d"), "QATTN_RESULTS_DIR": str(tmp / "r"), "QATTN_MODELS_DIR": str(tmp / "m")},
+            "each": {
+                "QATTN_HOME": str(tmp / "qh"),
+                "QATTN_DATA_DIR": str(tmp / "d"),
+                "QATTN_RESULTS_DIR": str(tmp / "r"),
+                "QATTN_MODELS_DIR": str(tmp / "m"),
+            },
         }
         (work / "paths_probe.py").write_text(PATHS_PROBE)
-        report = json.loads(_run([python, "paths_probe.py", json.dumps(cases)], "paths", cwd=work, env=env, timeout=120).stdout.strip().splitlines()[-1])
+        report = json.loads(
+            _run([python, "paths_probe.py", json.dumps(cases)], "paths", cwd=work, env=env, timeout=120).stdout.strip().splitlines()[-1]
+        )
         for key in ("qattn", "paths"):
             assert Path(report[key]).resolve().is_relative_to(venv), f"{key} imported from {report[key]}, not from the fresh venv"
             assert not Path(report[key]).resolve().is_relative_to(ROOT)
@@ -255,11 +277,23 @@ def test_wheel_installs_and_runs_outside_the_checkout():
         assert report["editable"] == [] and report["checkout"] is None
         got = report["cases"]
         cache = home / ".cache" / "qattn"
-        assert got["default"] == {"results": f"{cache}/build/results/ci", "data": f"{cache}/data-cache", "models": f"{cache}/build/results/ci/speech_models"}
+        assert got["default"] == {
+            "results": f"{cache}/build/results/ci",
+            "data": f"{cache}/data-cache",
+            "models": f"{cache}/build/results/ci/speech_models",
+        }
         xdg = tmp / "xdg" / "qattn"
-        assert got["xdg"] == {"results": f"{xdg}/build/results/ci", "data": f"{xdg}/data-cache", "models": f"{xdg}/build/results/ci/speech_models"}
+        assert got["xdg"] == {
+            "results": f"{xdg}/build/results/ci",
+            "data": f"{xdg}/data-cache",
+            "models": f"{xdg}/build/results/ci/speech_models",
+        }
         qh = tmp / "qh"
-        assert got["qattn_home"] == {"results": f"{qh}/build/results/ci", "data": f"{qh}/data-cache", "models": f"{qh}/build/results/ci/speech_models"}
+        assert got["qattn_home"] == {
+            "results": f"{qh}/build/results/ci",
+            "data": f"{qh}/data-cache",
+            "models": f"{qh}/build/results/ci/speech_models",
+        }
         assert got["each"] == {"results": f"{tmp}/r/ci", "data": f"{tmp}/d", "models": f"{tmp}/m/ci"}
         t0 = time.monotonic()
     STAGE_TIMES["cleanup"] = time.monotonic() - t0

@@ -8,7 +8,15 @@ import torch
 from qattn.book.experiments import performance as bench
 
 
-@pytest.mark.parametrize("family", [["hamilton", "hamilton_maps", "hamilton_reference"], ["core_hamilton", "core_hamilton_maps", "core_hamilton_reference"], ["shared"], ["core_shared"]])
+@pytest.mark.parametrize(
+    "family",
+    [
+        ["hamilton", "hamilton_maps", "hamilton_reference"],
+        ["core_hamilton", "core_hamilton_maps", "core_hamilton_reference"],
+        ["shared"],
+        ["core_shared"],
+    ],
+)
 def test_variants_of_one_mechanism_agree(family):
     outputs = [bench.make_variant(v, 32, 2, 2, 9, "cpu", seed=3)[0]() for v in family]
     for out in outputs[1:]:
@@ -37,8 +45,9 @@ def test_interleaved_timing_statistics_are_consistent():
 def test_fast_calls_are_repeated_until_the_time_budget_and_never_past_the_cap():
     # A tiny call takes well under a millisecond: 0.05 s of samples needs many more than 3 of them,
     # the slow 16-matmul reference needs fewer; the cap bounds both.
-    stats = bench.time_variants(["core_shared", "core_hamilton_reference"], 32, 2, 1, 8, backward=False,
-                                warmup=1, repeats=3, min_time_s=0.05, max_repeats=40)
+    stats = bench.time_variants(
+        ["core_shared", "core_hamilton_reference"], 32, 2, 1, 8, backward=False, warmup=1, repeats=3, min_time_s=0.05, max_repeats=40
+    )
     for s in stats.values():
         assert 3 <= s["repeats"] <= 40
         assert s["repeats"] == 40 or s["repeats"] * s["max_s"] >= 0.05  # stopped by the cap or by the budget
@@ -67,8 +76,14 @@ def test_longest_sequence_respects_the_cap():
 
 def test_tiny_run_is_json_serialisable_with_headlines():
     cfg = bench.BenchConfig.for_profile(
-        "ci", lengths=[32, 256], warmup=0, repeats=2, memory_lengths=[64], memory_variants=["shared", "hamilton"],
-        longest_variants=[], variants=["torch_mha", "shared", "hamilton", "hamilton_maps", "core_shared", "core_hamilton"],
+        "ci",
+        lengths=[32, 256],
+        warmup=0,
+        repeats=2,
+        memory_lengths=[64],
+        memory_variants=["shared", "hamilton"],
+        longest_variants=[],
+        variants=["torch_mha", "shared", "hamilton", "hamilton_maps", "core_shared", "core_hamilton"],
     )
     logs = []
     result = bench.run(cfg, log=logs.append)

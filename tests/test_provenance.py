@@ -87,8 +87,19 @@ def test_provenance_fields(tmp_path):
     assert stored == result
     assert set(stored) == {"name", "config", "metrics", "provenance"}
     prov = stored["provenance"]
-    for field in ("code_version", "git_commit", "git_dirty", "date", "wall_time_s", "python",
-                  "packages", "cpu", "cpu_count", "threads", "platform"):
+    for field in (
+        "code_version",
+        "git_commit",
+        "git_dirty",
+        "date",
+        "wall_time_s",
+        "python",
+        "packages",
+        "cpu",
+        "cpu_count",
+        "threads",
+        "platform",
+    ):
         assert field in prov, field
     assert prov["code_version"] == code_version()
     assert prov["wall_time_s"] >= 0 and prov["threads"] >= 1
@@ -115,9 +126,14 @@ def test_a_notebook_and_its_executed_copy_have_the_same_code_version(tmp_path):
     source.parent.mkdir(), executed.parent.mkdir()
     nb = new_notebook(cells=[new_code_cell("profile = 'full'", metadata={"tags": ["parameters"]}), new_code_cell("print(1)")])
     nbformat.write(nb, source)
-    run = new_notebook(cells=[nb.cells[0], new_code_cell("profile = 'ci'", metadata={"tags": ["injected-parameters"]}),
-                              new_code_cell("print(1)", execution_count=1, outputs=[new_output("stream", text="1\n")])],
-                       metadata={"papermill": {"duration": 1.0}})
+    run = new_notebook(
+        cells=[
+            nb.cells[0],
+            new_code_cell("profile = 'ci'", metadata={"tags": ["injected-parameters"]}),
+            new_code_cell("print(1)", execution_count=1, outputs=[new_output("stream", text="1\n")]),
+        ],
+        metadata={"papermill": {"duration": 1.0}},
+    )
     nbformat.write(run, executed)
     assert code_version([source]) == code_version([executed])
     nb.cells[1].source = "print(2)"

@@ -54,6 +54,7 @@ def blocked_everywhere(mask: torch.Tensor, b, h, n, s) -> torch.Tensor:
 
 # -- the registry -----------------------------------------------------------------------------
 
+
 def test_names_are_the_registered_specs_in_order():
     assert NAMES == tuple(spec.name for spec in MECHANISMS)
     assert len(set(NAMES)) == len(NAMES) and len(NAMES) >= 2
@@ -85,8 +86,17 @@ def test_public_exports():
 
 
 def _spec(**changes):
-    fields = dict(name="demo", core=qattn.shared_score_attention, summary="A demo.", maps_per_head=1,
-                  returns_weights=True, bool_mask=True, float_mask=True, causal=True, cross_attention=True)
+    fields = dict(
+        name="demo",
+        core=qattn.shared_score_attention,
+        summary="A demo.",
+        maps_per_head=1,
+        returns_weights=True,
+        bool_mask=True,
+        float_mask=True,
+        causal=True,
+        cross_attention=True,
+    )
     return Mechanism(**{**fields, **changes})
 
 
@@ -117,11 +127,20 @@ def test_mechanism_spec_is_frozen_keyword_only_and_complete():
     with pytest.raises(TypeError):
         Mechanism("demo", qattn.shared_score_attention, "A demo.", 1, True, True, True, True, True)  # type: ignore[misc]
     with pytest.raises(TypeError, match="causal"):
-        Mechanism(name="demo", core=qattn.shared_score_attention, summary="A demo.", maps_per_head=1,  # type: ignore[call-arg]
-                  returns_weights=True, bool_mask=True, float_mask=True, cross_attention=True)
+        Mechanism(
+            name="demo",
+            core=qattn.shared_score_attention,
+            summary="A demo.",
+            maps_per_head=1,  # type: ignore[call-arg]
+            returns_weights=True,
+            bool_mask=True,
+            float_mask=True,
+            cross_attention=True,
+        )
 
 
 # -- declared capabilities are honoured -------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_capabilities_are_honoured(name):
@@ -151,6 +170,7 @@ def test_declared_capabilities_are_honoured(name):
 
 
 # -- the core contract, for every registered mechanism ----------------------------------------
+
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("n, s", [(5, 5), (5, 7), (6, 3)])
@@ -335,6 +355,7 @@ def test_weights_sum_to_one_on_unmasked_rows(name):
 
 # -- through QuaternionMultiheadAttention ------------------------------------------------------
 
+
 def make_layer(name, e=16, h=2, seed=0):
     torch.manual_seed(seed)
     layer = QuaternionMultiheadAttention(e, h, score=name, batch_first=True, dtype=torch.float64)
@@ -359,8 +380,9 @@ def one_by_one(layer, q, k, v, mask_for_batch, need_weights=True):
     """Run each batch element alone with its own ``(H, N, S)`` mask slice; stack the results."""
     outs, weights = [], []
     for i in range(q.shape[0]):
-        out, w = layer(q[i:i + 1], k[i:i + 1], v[i:i + 1], attn_mask=mask_for_batch(i),
-                       need_weights=need_weights, average_attn_weights=False)
+        out, w = layer(
+            q[i : i + 1], k[i : i + 1], v[i : i + 1], attn_mask=mask_for_batch(i), need_weights=need_weights, average_attn_weights=False
+        )
         outs.append(out)
         weights.append(w)
     return torch.cat(outs), (torch.cat(weights) if need_weights else None)
@@ -382,7 +404,7 @@ def test_module_per_head_attn_mask_is_batch_major(name, as_float, need_weights):
     k, v = (torch.randn(b, s, e, generator=g, dtype=torch.float64) for _ in range(2))
     mask = per_head_mask(b, h, n, s, seed=14, as_float=as_float)
     out, weights = layer(q, k, v, attn_mask=mask, need_weights=need_weights, average_attn_weights=False)
-    expected, expected_w = one_by_one(layer, q, k, v, lambda i: mask[i * h:(i + 1) * h], need_weights)
+    expected, expected_w = one_by_one(layer, q, k, v, lambda i: mask[i * h : (i + 1) * h], need_weights)
     assert torch.allclose(out, expected, atol=1e-12)
     if need_weights:
         assert weights.shape == spec.weights_shape(b, h, n, s)
@@ -408,7 +430,7 @@ def test_module_per_head_mask_property(name):
         k, v = (torch.randn(b, s, 4 * h, generator=g, dtype=torch.float64) for _ in range(2))
         mask = torch.rand(b * h, n, s, generator=g) < 0.4
         out, w = layer(q, k, v, attn_mask=mask, need_weights=spec.returns_weights, average_attn_weights=False)
-        expected, expected_w = one_by_one(layer, q, k, v, lambda i: mask[i * h:(i + 1) * h], spec.returns_weights)
+        expected, expected_w = one_by_one(layer, q, k, v, lambda i: mask[i * h : (i + 1) * h], spec.returns_weights)
         assert torch.isfinite(out).all() and torch.allclose(out, expected, atol=1e-12)
         if spec.returns_weights:
             assert torch.allclose(w, expected_w, atol=1e-12)
@@ -438,12 +460,13 @@ def test_module_bad_score_lists_the_registered_names():
 
 # -- the book side takes its names from the registry --------------------------------------------
 
+
 def test_book_variants_come_from_the_registry():
     from qattn.book.experiments import performance
     from qattn.book.models import blocks
     from qattn.book.models.speech import SpeechModelConfig
 
-    assert blocks.QUATERNION_VARIANTS == NAMES and blocks.VARIANTS[:len(NAMES)] == NAMES
+    assert blocks.QUATERNION_VARIANTS == NAMES and blocks.VARIANTS[: len(NAMES)] == NAMES
     assert set(NAMES) <= set(performance.MODULE_VARIANTS)
     assert {f"core_{name}" for name in NAMES} <= set(performance.CORE_VARIANTS)
     for name in NAMES:

@@ -15,8 +15,7 @@ def write(directory: Path, name: str, headlines: list[dict], **extra) -> None:
 
 
 def test_headline_validates_kind_and_tolerance():
-    assert headline("x", 1.0, 0.1, "relative", paper=2.0) == {
-        "name": "x", "value": 1.0, "tolerance": 0.1, "kind": "relative", "paper": 2.0}
+    assert headline("x", 1.0, 0.1, "relative", paper=2.0) == {"name": "x", "value": 1.0, "tolerance": 0.1, "kind": "relative", "paper": 2.0}
     assert "paper" not in headline("x", 1, 0)
     with pytest.raises(ValueError, match="kind"):
         headline("x", 1, 0, kind="approximate")
@@ -97,7 +96,14 @@ def test_reference_dir_and_provenance_table(tmp_path):
     assert reference_dir_for("full") == root / "results" and reference_dir_for("ci") == root / "results" / "ci"
     write(tmp_path, "exp", [])
     results = load_results(tmp_path)
-    results["exp"]["provenance"] = {"code_version": "abc", "git_commit": "0123456789abcdef", "git_dirty": False,
-                                    "cpu": "cpu", "threads": 2, "wall_time_s": 1.5, "date": "d"}
+    results["exp"]["provenance"] = {
+        "code_version": "abc",
+        "git_commit": "0123456789abcdef",
+        "git_dirty": False,
+        "cpu": "cpu",
+        "threads": 2,
+        "wall_time_s": 1.5,
+        "date": "d",
+    }
     table = provenance_markdown(results)
     assert table.splitlines()[-1] == "| exp | abc | 0123456789 | no | d | cpu | 2 | 1.5 |"

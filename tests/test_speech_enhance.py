@@ -10,8 +10,18 @@ from qattn.book.models.speech import SpeechEnhancer, SpeechModelConfig
 from qattn.book.speech.__main__ import main
 from qattn.book.speech.audio import read_wav, write_wav
 
-TINY = SpeechModelConfig(growth=4, dense_width=8, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=3,
-                         n_time_blocks=1, n_freq_blocks=1, encoder_dilations=(1,), decoder_dilations=(1,))
+TINY = SpeechModelConfig(
+    growth=4,
+    dense_width=8,
+    d_model=16,
+    num_heads=2,
+    ffn_dim=32,
+    conv_kernel=3,
+    n_time_blocks=1,
+    n_freq_blocks=1,
+    encoder_dilations=(1,),
+    decoder_dilations=(1,),
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +48,17 @@ def test_enhances_a_mono_16k_file(tmp_path, checkpoint, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case,message", [
-    ("missing", "no such WAV file"),
-    ("notwav", "cannot read"),
-    ("stereo", "2 channels"),
-    ("rate", "8000 Hz"),
-    ("empty", "empty"),
-    ("short", "too short"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "no such WAV file"),
+        ("notwav", "cannot read"),
+        ("stereo", "2 channels"),
+        ("rate", "8000 Hz"),
+        ("empty", "empty"),
+        ("short", "too short"),
+    ],
+)
 def test_refusals(tmp_path, checkpoint, capsys, case, message):
     src = tmp_path / f"{case}.wav"
     if case == "notwav":

@@ -22,8 +22,9 @@ def test_profiles_and_errors():
 
 def test_batches_depend_only_on_the_seed():
     rng = np.random.default_rng(0)
-    split = SpeechSplit([rng.standard_normal(n).astype(np.float32) for n in (3000, 9000)],
-                        [rng.standard_normal(n).astype(np.float32) for n in (3000, 9000)])
+    split = SpeechSplit(
+        [rng.standard_normal(n).astype(np.float32) for n in (3000, 9000)], [rng.standard_normal(n).astype(np.float32) for n in (3000, 9000)]
+    )
     a, b, c = (exp.training_batches(split, 3, 2, 4000, s) for s in (0, 0, 1))
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
     assert not torch.equal(a[0][0], c[0][0])
@@ -42,7 +43,10 @@ def test_shared_and_hamilton_models_start_identical():
 def test_headline_entries_follow_the_report_format():
     metrics = {
         "test": {"noisy": {"pesq": 1.5}, "qconformer_hamilton": {"pesq": 1.6}, "qconformer_shared": {"pesq": 1.62}},
-        "rtf_trained": [{"model": "qconformer_hamilton", "seconds": 1.0, "rtf": 0.5}, {"model": "qconformer_shared", "seconds": 1.0, "rtf": 0.4}],
+        "rtf_trained": [
+            {"model": "qconformer_hamilton", "seconds": 1.0, "rtf": 0.5},
+            {"model": "qconformer_shared", "seconds": 1.0, "rtf": 0.4},
+        ],
         "divergence": {"qconformer_hamilton": {"time": [0.1], "freq": [0.2]}, "qconformer_shared": {"time": [0.0], "freq": [0.0]}},
     }
     rows = exp.headline(metrics)

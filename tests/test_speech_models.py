@@ -1,7 +1,5 @@
 """Speech enhancer: shapes, release-sized parameter counts, mask head, shared vs hamilton parameters."""
 
-import math
-
 import pytest
 import torch
 
@@ -18,13 +16,28 @@ from qattn.book.models.speech import (
     stft,
 )
 
-TINY = SpeechModelConfig(growth=8, dense_width=16, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=3,
-                         n_time_blocks=1, n_freq_blocks=1, encoder_dilations=(1, 2), decoder_dilations=(2, 1))
+TINY = SpeechModelConfig(
+    growth=8,
+    dense_width=16,
+    d_model=16,
+    num_heads=2,
+    ffn_dim=32,
+    conv_kernel=3,
+    n_time_blocks=1,
+    n_freq_blocks=1,
+    encoder_dilations=(1, 2),
+    decoder_dilations=(2, 1),
+)
 
 
-@pytest.mark.parametrize("bottleneck,kind,paper", [
-    ("conformer", "quaternion", 0.80e6), ("transformer", "quaternion", 0.62e6), ("conformer", "real", 3.19e6),
-])
+@pytest.mark.parametrize(
+    "bottleneck,kind,paper",
+    [
+        ("conformer", "quaternion", 0.80e6),
+        ("transformer", "quaternion", 0.62e6),
+        ("conformer", "real", 3.19e6),
+    ],
+)
 def test_release_parameter_counts(bottleneck, kind, paper):
     n = count_parameters(SpeechEnhancer(release_config(bottleneck, kind)))
     assert abs(n - paper) <= 0.05 * paper, n
@@ -95,7 +108,9 @@ def test_cat_channels_keeps_components_together():
     a, b = torch.randn(1, 8, 2, 2), torch.randn(1, 12, 2, 2)
     c = cat_channels([a, b], quaternion=True)
     for comp in range(4):
-        torch.testing.assert_close(c[:, comp * 5:(comp + 1) * 5], torch.cat([a[:, comp * 2:(comp + 1) * 2], b[:, comp * 3:(comp + 1) * 3]], 1))
+        torch.testing.assert_close(
+            c[:, comp * 5 : (comp + 1) * 5], torch.cat([a[:, comp * 2 : (comp + 1) * 2], b[:, comp * 3 : (comp + 1) * 3]], 1)
+        )
 
 
 def test_config_errors():

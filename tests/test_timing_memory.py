@@ -23,6 +23,7 @@ class FakeClock:
         def call() -> None:
             self.calls.append(name)
             self.now += cost
+
         return call
 
 
@@ -30,7 +31,7 @@ def test_every_round_is_rotated_by_one_place_warmup_included():
     clock = FakeClock()
     fns = {n: clock.fn(n, 1.0) for n in "abc"}
     stats = time_interleaved(fns, repeats=2, warmup=1, clock=clock)
-    rounds = [clock.calls[i:i + 3] for i in range(0, len(clock.calls), 3)]
+    rounds = [clock.calls[i : i + 3] for i in range(0, len(clock.calls), 3)]
     assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
     assert list(stats) == ["a", "b", "c"]
     assert all(s["repeats"] == 2 and s["samples"] == [1.0, 1.0] for s in stats.values())
@@ -104,10 +105,13 @@ def test_real_clock_measures_something():
 
 # -- memory probe: workloads run in the probe's fresh process (importable from this module) --------
 
+
 def allocate(mib: int):
     """Workload: a callable that writes ``mib`` MiB (torch.ones touches every page)."""
+
     def run() -> None:
         torch.ones(mib * 2**20 // 4).sum()
+
     return run
 
 

@@ -85,7 +85,9 @@ def test_sort_of_clevr_answers_match_the_scene():
 def test_models_give_logits_and_normalised_maps(variant):
     head, score, glimpses = vqa_exp.VARIANTS[variant]
     torch.manual_seed(0)
-    model = VQAModel(VQAConfig(vocab_size=12, n_answers=7, head=head, score=score, glimpses=glimpses, d_x=32, d_y=32, hidden=32, channels=8))
+    model = VQAModel(
+        VQAConfig(vocab_size=12, n_answers=7, head=head, score=score, glimpses=glimpses, d_x=32, d_y=32, hidden=32, channels=8)
+    )
     images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
     questions = torch.tensor([[2, 3, 4, 0], [5, 6, 0, 0], [2, 3, 4, 0]])
     logits, maps = model(images, questions, torch.tensor([0, 1, 1]))
@@ -107,8 +109,15 @@ def test_quaternion_ban_variants_have_identical_parameters():
 
 
 def test_tiny_experiment_run():
-    cfg = vqa_exp.config_for("ci", easy_limit_images=40, clevr_sizes=(24, 8, 8), d=16, channels=8,
-                             easy_variants=["qban_shared"], clevr_variants=["unitary", "qban_shared", "qban_hamilton"])
+    cfg = vqa_exp.config_for(
+        "ci",
+        easy_limit_images=40,
+        clevr_sizes=(24, 8, 8),
+        d=16,
+        channels=8,
+        easy_variants=["qban_shared"],
+        clevr_variants=["unitary", "qban_shared", "qban_hamilton"],
+    )
     logs = []
     m = vqa_exp.run(cfg, log=logs.append)
     clevr = m["sort_of_clevr"]["variants"]

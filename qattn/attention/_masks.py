@@ -13,7 +13,9 @@ from torch import Tensor
 
 def check_mask_dtype(mask: Tensor, name: str) -> None:
     if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise TypeError(f"{name} must be a bool tensor (True = not allowed) or a float tensor (added to the scores), got dtype {mask.dtype}")
+        raise TypeError(
+            f"{name} must be a bool tensor (True = not allowed) or a float tensor (added to the scores), got dtype {mask.dtype}"
+        )
 
 
 def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:

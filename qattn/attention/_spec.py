@@ -93,7 +93,9 @@ class Mechanism:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise ValueError(f"name must be a non-empty Python identifier (it forms variant names such as 'core_<name>'), got {self.name!r}")
+            raise ValueError(
+                f"name must be a non-empty Python identifier (it forms variant names such as 'core_<name>'), got {self.name!r}"
+            )
         if not callable(self.core):
             raise TypeError(f"core of mechanism {self.name!r} must be callable, got {type(self.core).__name__}")
         if not isinstance(self.summary, str) or not self.summary.strip() or "\n" in self.summary:

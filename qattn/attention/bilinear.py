@@ -184,7 +184,10 @@ class BilinearAttentionNetwork(nn.Module):
         questions about one image then share the image's region projections (computed once)."""
         b_y = x.shape[0] if y_index is None else y_index.shape[0]
         if x.dim() != 3 or y.dim() != 3 or x.shape[0] != b_y:
-            raise ValueError(f"x must be (B, ρ, d_x) and y (B, φ, d_y) with the same B (or y_index of length B), got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"x must be (B, ρ, d_x) and y (B, φ, d_y) with the same B (or y_index of length B), "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         maps = self.attention_maps(x, y, x_mask, y_mask, y_index)
         f = x
         for g in range(self.glimpses):

@@ -218,7 +218,7 @@ class QuaternionMultiheadAttention(nn.Module):
         else:
             e = self.embed_dim
             projected = tuple(
-                F.linear(t, weight[i * e:(i + 1) * e], None if bias is None else bias[i * e:(i + 1) * e])
+                F.linear(t, weight[i * e : (i + 1) * e], None if bias is None else bias[i * e : (i + 1) * e])
                 for i, t in enumerate((query, key, value))
             )
         h, d = self.num_heads, self.head_units
@@ -292,7 +292,9 @@ class QuaternionMultiheadAttention(nn.Module):
         mask = self._merge_masks(attn_mask, key_padding_mask, b, n, s, query.dtype)
         q, k, v = self._project_heads(query, key, value)
         out, weights = self.mechanism.core(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,

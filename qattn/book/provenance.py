@@ -106,7 +106,7 @@ def collect_provenance(
         "code_version": version if version is not None else code_version(extra_files),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "wall_time_s": wall_time_s,
         "python": platform.python_version(),
         "packages": packages,
@@ -172,7 +172,9 @@ def run_cached(
         "name": name,
         "config": config,
         "metrics": metrics,
-        "provenance": collect_provenance(wall_time_s=round(wall, 3), extra_files=extra_files, version=version),  # the code the run started with
+        "provenance": collect_provenance(
+            wall_time_s=round(wall, 3), extra_files=extra_files, version=version
+        ),  # the code the run started with
     }
     write_json_atomic(path, result)
     print(f"[{name}] done in {wall:.1f} s -> {path}")

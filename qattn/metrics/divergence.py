@@ -101,7 +101,9 @@ def layer_divergence(weights: Tensor, query_mask: Tensor | None = None) -> float
     if query_mask is None:
         return float(rows.mean())
     if query_mask.shape != (rows.shape[0], rows.shape[2]) or query_mask.dtype != torch.bool:
-        raise ValueError(f"query_mask must be bool of shape (B, N) = {(rows.shape[0], rows.shape[2])}, got {tuple(query_mask.shape)} {query_mask.dtype}")
+        raise ValueError(
+            f"query_mask must be bool of shape (B, N) = {(rows.shape[0], rows.shape[2])}, got {tuple(query_mask.shape)} {query_mask.dtype}"
+        )
     keep = (~query_mask)[:, None, :].expand_as(rows)
     if not keep.any():
         raise ValueError("query_mask leaves no query row")

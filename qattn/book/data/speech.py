@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from qattn.book.data.common import MissingDataError
 from qattn.book import paths
+from qattn.book.data.common import MissingDataError
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -152,7 +152,11 @@ class SpeechCorpusConfig:
     def cache_key(self) -> str:
         """First 16 hex digits of SHA-256 over the config JSON, the generator version and the speakers."""
         payload = json.dumps(
-            {"config": self.to_dict(), "version": GENERATOR_VERSION, "speakers": {k: [dataclasses.astuple(s) for s in v] for k, v in SPEAKERS.items()}},
+            {
+                "config": self.to_dict(),
+                "version": GENERATOR_VERSION,
+                "speakers": {k: [dataclasses.astuple(s) for s in v] for k, v in SPEAKERS.items()},
+            },
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -174,27 +178,184 @@ class SpeechCorpusConfig:
 # -- sentences ------------------------------------------------------------------------------------
 
 _WORDS: dict[str, tuple[str, ...]] = {
-    "name": ("Anna", "Ben", "Clara", "David", "Elena", "Frank", "Grace", "Henry", "Irene", "James",
-             "Karen", "Louis", "Maria", "Nathan", "Olivia", "Peter", "Rosa", "Samuel", "Tina", "Victor"),
-    "adj": ("small", "bright", "quiet", "heavy", "golden", "narrow", "ancient", "careful", "gentle",
-            "hungry", "silver", "sudden", "warm", "yellow", "broken", "clever", "distant", "empty",
-            "famous", "fresh", "honest", "lazy", "noisy", "polite", "rapid", "strange", "tiny", "wooden"),
-    "noun": ("garden", "teacher", "window", "river", "basket", "doctor", "mountain", "kitchen", "letter",
-             "engine", "market", "pencil", "island", "bridge", "camera", "forest", "jacket", "ladder",
-             "museum", "orange", "pillow", "rabbit", "station", "ticket", "village", "wagon", "castle",
-             "drawer", "farmer", "harbor", "lantern", "meadow", "painter", "robot", "sailor", "violin"),
-    "verb_past": ("carried", "painted", "opened", "cleaned", "visited", "found", "repaired", "watched",
-                  "followed", "counted", "borrowed", "dropped", "measured", "ordered", "packed", "moved",
-                  "noticed", "covered", "built", "sold", "washed", "wrapped", "lifted", "checked"),
-    "verb_intr": ("waited", "laughed", "travelled", "listened", "arrived", "smiled", "whispered",
-                  "worked", "danced", "slept", "shouted", "returned", "wandered", "hurried"),
-    "verb_base": ("wait", "laugh", "travel", "listen", "arrive", "smile", "whisper", "work", "dance",
-                  "sleep", "shout", "return", "wander", "hurry"),
-    "adv": ("slowly", "quickly", "quietly", "carefully", "happily", "suddenly", "early", "later",
-            "again", "together", "outside", "yesterday", "twice", "gladly"),
+    "name": (
+        "Anna",
+        "Ben",
+        "Clara",
+        "David",
+        "Elena",
+        "Frank",
+        "Grace",
+        "Henry",
+        "Irene",
+        "James",
+        "Karen",
+        "Louis",
+        "Maria",
+        "Nathan",
+        "Olivia",
+        "Peter",
+        "Rosa",
+        "Samuel",
+        "Tina",
+        "Victor",
+    ),
+    "adj": (
+        "small",
+        "bright",
+        "quiet",
+        "heavy",
+        "golden",
+        "narrow",
+        "ancient",
+        "careful",
+        "gentle",
+        "hungry",
+        "silver",
+        "sudden",
+        "warm",
+        "yellow",
+        "broken",
+        "clever",
+        "distant",
+        "empty",
+        "famous",
+        "fresh",
+        "honest",
+        "lazy",
+        "noisy",
+        "polite",
+        "rapid",
+        "strange",
+        "tiny",
+        "wooden",
+    ),
+    "noun": (
+        "garden",
+        "teacher",
+        "window",
+        "river",
+        "basket",
+        "doctor",
+        "mountain",
+        "kitchen",
+        "letter",
+        "engine",
+        "market",
+        "pencil",
+        "island",
+        "bridge",
+        "camera",
+        "forest",
+        "jacket",
+        "ladder",
+        "museum",
+        "orange",
+        "pillow",
+        "rabbit",
+        "station",
+        "ticket",
+        "village",
+        "wagon",
+        "castle",
+        "drawer",
+        "farmer",
+        "harbor",
+        "lantern",
+        "meadow",
+        "painter",
+        "robot",
+        "sailor",
+        "violin",
+    ),
+    "verb_past": (
+        "carried",
+        "painted",
+        "opened",
+        "cleaned",
+        "visited",
+        "found",
+        "repaired",
+        "watched",
+        "followed",
+        "counted",
+        "borrowed",
+        "dropped",
+        "measured",
+        "ordered",
+        "packed",
+        "moved",
+        "noticed",
+        "covered",
+        "built",
+        "sold",
+        "washed",
+        "wrapped",
+        "lifted",
+        "checked",
+    ),
+    "verb_intr": (
+        "waited",
+        "laughed",
+        "travelled",
+        "listened",
+        "arrived",
+        "smiled",
+        "whispered",
+        "worked",
+        "danced",
+        "slept",
+        "shouted",
+        "returned",
+        "wandered",
+        "hurried",
+    ),
+    "verb_base": (
+        "wait",
+        "laugh",
+        "travel",
+        "listen",
+        "arrive",
+        "smile",
+        "whisper",
+        "work",
+        "dance",
+        "sleep",
+        "shout",
+        "return",
+        "wander",
+        "hurry",
+    ),
+    "adv": (
+        "slowly",
+        "quickly",
+        "quietly",
+        "carefully",
+        "happily",
+        "suddenly",
+        "early",
+        "later",
+        "again",
+        "together",
+        "outside",
+        "yesterday",
+        "twice",
+        "gladly",
+    ),
     "prep": ("near", "behind", "under", "beside", "across", "inside", "above", "around", "past"),
-    "time": ("on Monday", "in the morning", "after lunch", "before dinner", "last winter", "at noon",
-             "every Friday", "during the storm", "in April", "at midnight", "on the weekend"),
+    "time": (
+        "on Monday",
+        "in the morning",
+        "after lunch",
+        "before dinner",
+        "last winter",
+        "at noon",
+        "every Friday",
+        "during the storm",
+        "in April",
+        "at midnight",
+        "on the weekend",
+    ),
     "number": ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve", "twenty"),
 }
 _TEMPLATES = (
@@ -233,6 +394,7 @@ def make_sentence(rng: np.random.Generator, min_words: int = 4, max_words: int =
 
 # -- synthesis ------------------------------------------------------------------------------------
 
+
 def _espeak() -> str:
     path = shutil.which("espeak-ng")
     if path is None:
@@ -265,7 +427,7 @@ def synthesize(text: str, speaker: Speaker, sample_rate: int = 16000) -> np.ndar
         raise RuntimeError(f"espeak-ng returned no WAV data for voice {speaker.voice!r}")
     rate = int.from_bytes(out[24:28], "little")
     # espeak-ng streams to stdout with a placeholder size in the header: read the samples after it.
-    wave = np.frombuffer(out[44:44 + (len(out) - 44) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+    wave = np.frombuffer(out[44 : 44 + (len(out) - 44) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
     return _resample(wave, rate, sample_rate)
 
 
@@ -282,10 +444,11 @@ def _trim_silence(x: np.ndarray, sample_rate: int, threshold: float = 1e-3, marg
     if active.size == 0:
         return x
     margin = int(margin_s * sample_rate)
-    return x[max(active[0] - margin, 0): active[-1] + margin]
+    return x[max(active[0] - margin, 0) : active[-1] + margin]
 
 
 # -- noises ---------------------------------------------------------------------------------------
+
 
 def _unit_rms(x: np.ndarray) -> np.ndarray:
     return (x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32)
@@ -307,7 +470,12 @@ def _band_limit(x: np.ndarray, lo: float, hi: float, sample_rate: int) -> np.nda
 
 
 def make_noise(
-    kind: str, n: int, rng: np.random.Generator, sample_rate: int = 16000, babble_pool: list[np.ndarray] | None = None, babble_talkers: int = 4
+    kind: str,
+    n: int,
+    rng: np.random.Generator,
+    sample_rate: int = 16000,
+    babble_pool: list[np.ndarray] | None = None,
+    babble_talkers: int = 4,
 ) -> np.ndarray:
     """``n`` samples of noise of type ``kind`` (see :data:`NOISE_TYPES`), scaled to unit RMS.
 
@@ -335,12 +503,12 @@ def make_noise(
             talker = babble_pool[idx]
             looped = np.tile(talker, n // len(talker) + 2)
             start = rng.integers(len(talker))
-            x += rng.uniform(0.6, 1.0) * looped[start:start + n]
+            x += rng.uniform(0.6, 1.0) * looped[start : start + n]
     elif kind == "hum":
         f0 = rng.choice([50.0, 60.0]) * rng.uniform(0.99, 1.01)
         x = np.zeros(n)
         for h in range(1, 13):
-            x += h ** -0.8 * rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi))
+            x += h**-0.8 * rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi))
         x *= 1.0 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t)
         x += 0.02 * rng.standard_normal(n)
     elif kind == "machine":
@@ -375,6 +543,7 @@ def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float, peak: float 
 
 
 # -- corpus ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class SpeechSplit:
@@ -413,9 +582,7 @@ def default_cache_dir() -> Path:
     return paths.data_cache_dir() / "speech"
 
 
-def _generate_split(
-    cfg: SpeechCorpusConfig, split: str, n: int, rng: np.random.Generator, babble_pool: list[np.ndarray]
-) -> SpeechSplit:
+def _generate_split(cfg: SpeechCorpusConfig, split: str, n: int, rng: np.random.Generator, babble_pool: list[np.ndarray]) -> SpeechSplit:
     speakers = SPEAKERS[split]
     snrs = cfg.test_snrs if split == "test" else cfg.train_snrs
     noises = cfg.test_noises if split == "test" else cfg.train_noises

@@ -70,7 +70,7 @@ class Tweets:
     labels: np.ndarray
     classes: tuple[str, ...]
 
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "Tweets":
+    def subset(self, idx: Sequence[int] | np.ndarray) -> Tweets:
         """The tweets at ``idx`` (same classes)."""
         return Tweets([self.texts[i] for i in idx], self.labels[np.asarray(idx, dtype=np.int64)], self.classes)
 
@@ -184,7 +184,7 @@ class Tokenizer:
         self.max_len = max_len
 
     @classmethod
-    def fit(cls, texts: Iterable[str], min_freq: int = 2, max_size: int | None = None, max_len: int = 40) -> "Tokenizer":
+    def fit(cls, texts: Iterable[str], min_freq: int = 2, max_size: int | None = None, max_len: int = 40) -> Tokenizer:
         """Build the vocabulary from ``texts`` (the training split only)."""
         counts = Counter(t for text in texts for t in tokenize(text))
         for special in cls.SPECIALS:

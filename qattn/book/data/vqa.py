@@ -45,7 +45,7 @@ class Vocabulary:
         return text.lower().replace("?", " ").replace(",", " ").split()
 
     @classmethod
-    def fit(cls, texts: list[str]) -> "Vocabulary":
+    def fit(cls, texts: list[str]) -> Vocabulary:
         vocab = cls()
         seen = set(vocab.words)
         for text in texts:
@@ -219,7 +219,9 @@ def make_sort_of_clevr(
         relational = [q for q in qs if q[2] in RELATIONAL_TYPES]
         plain = [q for q in qs if q[2] not in RELATIONAL_TYPES]
         k = questions_per_scene // 2
-        pick = [plain[i] for i in rng.choice(len(plain), k, replace=False)] + [relational[i] for i in rng.choice(len(relational), k, replace=False)]
+        pick = [plain[i] for i in rng.choice(len(plain), k, replace=False)] + [
+            relational[i] for i in rng.choice(len(relational), k, replace=False)
+        ]
         scenes.append((_render(centres_arr, shapes, size, half), pick))
 
     bounds = [(0, n_train), (n_train, n_train + n_val), (n_train + n_val, n_train + n_val + n_test)]

@@ -34,7 +34,9 @@ CHAPTERS: dict[str, bool] = {
 }
 
 
-def run_chapter(chapter: str, profile: str = "ci", seed: int = 0, results_dir: str | Path | None = None, fresh: bool = False) -> dict[str, Any]:
+def run_chapter(
+    chapter: str, profile: str = "ci", seed: int = 0, results_dir: str | Path | None = None, fresh: bool = False
+) -> dict[str, Any]:
     """Run (or reuse) the experiment of ``chapter`` at ``profile``; returns the stored result dict.
 
     Raises ``ValueError`` for an unknown chapter or profile (the message lists the allowed ones).
@@ -45,6 +47,7 @@ def run_chapter(chapter: str, profile: str = "ci", seed: int = 0, results_dir: s
     module = importlib.import_module(f"qattn.book.experiments.{chapter}")
     config = module.config_for(profile, seed=seed)
     if CHAPTERS[chapter]:
+
         def run(c: Any) -> Any:
             return module.run(c, save_dir=out)
     else:
@@ -56,7 +59,9 @@ def run_chapter(chapter: str, profile: str = "ci", seed: int = 0, results_dir: s
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qattn.book.experiments", description=__doc__.split("\n\n")[0])
     parser.add_argument("chapter", choices=sorted(CHAPTERS), help="the chapter whose experiment to run")
-    parser.add_argument("--profile", choices=paths.PROFILES, default="ci", help="ci (minutes) or full (the book's reference scale); default ci")
+    parser.add_argument(
+        "--profile", choices=paths.PROFILES, default="ci", help="ci (minutes) or full (the book's reference scale); default ci"
+    )
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0, as in the book)")
     parser.add_argument("--results-dir", type=Path, help="results folder (default: the book's, qattn.book.paths.results_dir(profile))")
     parser.add_argument("--fresh", action="store_true", help="run even if a result with the same configuration and code exists")

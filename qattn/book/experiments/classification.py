@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qattn.metrics import divergence_by_layer
-from qattn.book.models.blocks import QUATERNION_VARIANTS, count_parameters
 from qattn.book.harness.training import Collate, Split, TrainConfig, accuracy_stats, evaluate, time_inference, train_classifier
+from qattn.book.models.blocks import QUATERNION_VARIANTS, count_parameters
+from qattn.metrics import divergence_by_layer
 
 __all__ = ["compare_variants", "Log"]
 

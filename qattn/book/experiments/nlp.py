@@ -8,8 +8,8 @@ number is shown beside ours but never compared with it.
 Tasks: ``polarity`` (main; neutral dropped, like SST-2's binary labels) for every variant and
 seed, and ``sentiment3`` (secondary; negative / neutral / positive) for the variants in
 ``secondary_variants``, trained on at most ``secondary_train_size`` tweets of its training split
-(stratified; in the full profile 12,000 of 29,732, to keep the chapter's time). Each task has its own fixed stratified 80/10/10 train / validation /
-test split by ``seed``; the tokenizer is fitted on that task's training split only. Model
+(stratified; in the full profile 12,000 of 29,732, to keep the chapter's time). Each task has its
+own fixed stratified 80/10/10 train / validation / test split by ``seed``; the tokenizer is fitted on that task's training split only. Model
 selection on validation accuracy; test accuracy once per trained model. Model:
 :class:`~qattn.book.models.text.TextTransformer`; measurements: :mod:`qattn.book.experiments.classification`.
 
@@ -31,11 +31,11 @@ from torch import Tensor
 from qattn.book.data.common import stratified_split
 from qattn.book.data.tweets import Tokenizer, Tweets, load_tweets, split_tweets
 from qattn.book.experiments.classification import compare_variants
+from qattn.book.harness.config import ExperimentConfig, choice
+from qattn.book.harness.training import Split, TrainConfig, torch_threads
 from qattn.book.models.blocks import VARIANTS
 from qattn.book.models.text import build_text_model
 from qattn.book.report import headline
-from qattn.book.harness.config import ExperimentConfig, choice
-from qattn.book.harness.training import Split, TrainConfig, torch_threads
 
 __all__ = ["NLPConfig", "PROFILES", "config_for", "run", "PAPER_SST2", "trim_padding"]
 
@@ -174,14 +174,27 @@ def _task(cfg: NLPConfig, task: str, variants: tuple[str, ...], n_seeds: int, tr
     probe = trim_padding(val.take(slice(0, cfg.probe_size))[0])
     timing = trim_padding(val.take(slice(0, cfg.timing_batch))[0])
     metrics, models = compare_variants(
-        build, variants, [cfg.seed + i for i in range(n_seeds)], train, val, test, cfg.train_config(),
-        probe=probe, probe_query_mask=probe[1], collate=trim_padding,
-        timing_inputs=timing, timing_rounds=cfg.timing_rounds,
+        build,
+        variants,
+        [cfg.seed + i for i in range(n_seeds)],
+        train,
+        val,
+        test,
+        cfg.train_config(),
+        probe=probe,
+        probe_query_mask=probe[1],
+        collate=trim_padding,
+        timing_inputs=timing,
+        timing_rounds=cfg.timing_rounds,
     )
-    counts = {name: np.bincount(part.labels, minlength=len(tweets.classes)).tolist()
-              for name, part in (("train", train_t), ("val", val_t), ("test", test_t))}
+    counts = {
+        name: np.bincount(part.labels, minlength=len(tweets.classes)).tolist()
+        for name, part in (("train", train_t), ("val", val_t), ("test", test_t))
+    }
     metrics["data"] = {
-        "classes": list(tweets.classes), "counts": counts, "vocabulary": len(tokenizer),
+        "classes": list(tweets.classes),
+        "counts": counts,
+        "vocabulary": len(tokenizer),
         "majority_test_accuracy": max(counts["test"]) / sum(counts["test"]),
         "unknown_token_rate_test": float(np.mean([i == Tokenizer.UNK for t in test_t.texts for i in tokenizer.ids(t)[1:]])),
     }
@@ -231,8 +244,11 @@ def run(config: NLPConfig | Mapping[str, Any]) -> dict[str, Any]:
     with torch_threads(cfg.threads):
         polarity = _task(cfg, "polarity", cfg.variants, cfg.n_seeds, cfg.train_size)
         caps = [n for n in (cfg.train_size, cfg.secondary_train_size) if n is not None]
-        secondary = (_task(cfg, "sentiment3", cfg.secondary_variants, cfg.secondary_seeds, min(caps) if caps else None)
-                     if cfg.secondary_variants else None)
+        secondary = (
+            _task(cfg, "sentiment3", cfg.secondary_variants, cfg.secondary_seeds, min(caps) if caps else None)
+            if cfg.secondary_variants
+            else None
+        )
     metrics: dict[str, Any] = {"polarity": polarity, "sentiment3": secondary}
     metrics["wall_time_s"] = time.perf_counter() - started
     metrics["headline"] = _headlines(metrics)
@@ -251,36 +267,64 @@ def _headlines(m: dict[str, Any]) -> list[dict[str, Any]]:
         if variant in v:
             acc = v[variant]["test_accuracy"]
             floor = "; floor 0.80 (quaternion models, full profile)" if variant in ("shared", "hamilton") else ""
-            rows.append(headline(
-                f"polarity test accuracy, {variant}", acc["mean"], 0.02, "exact", paper=None,
-                note=f"mean of {acc['n']} seed(s) (std {acc['std']:.4f}){floor}; "
-                f"majority class {p['data']['majority_test_accuracy']:.4f}. {paper_note}",
-            ))
+            rows.append(
+                headline(
+                    f"polarity test accuracy, {variant}",
+                    acc["mean"],
+                    0.02,
+                    "exact",
+                    paper=None,
+                    note=f"mean of {acc['n']} seed(s) (std {acc['std']:.4f}){floor}; "
+                    f"majority class {p['data']['majority_test_accuracy']:.4f}. {paper_note}",
+                )
+            )
     if m.get("sentiment3"):
         for variant, s in m["sentiment3"]["variants"].items():
-            rows.append(headline(
-                f"3-class test accuracy, {variant}", s["test_accuracy"]["mean"], 0.03, "exact", paper=None,
-                note=f"secondary task (negative/neutral/positive), mean of {s['test_accuracy']['n']} seed(s)",
-            ))
+            rows.append(
+                headline(
+                    f"3-class test accuracy, {variant}",
+                    s["test_accuracy"]["mean"],
+                    0.03,
+                    "exact",
+                    paper=None,
+                    note=f"secondary task (negative/neutral/positive), mean of {s['test_accuracy']['n']} seed(s)",
+                )
+            )
     ratios = p["inference"]["time_ratio_vs_shared"]
     for variant in ("hamilton", "real_same_width", "real_same_params"):
         if variant in ratios:
-            rows.append(headline(
-                f"polarity inference time ratio {variant}/shared", ratios[variant], 0.3, "ratio", paper=None,
-                note=f"forward time per batch of {p['inference']['batch_size']} tweets, median of interleaved rounds; >1 means slower than shared",
-            ))
+            rows.append(
+                headline(
+                    f"polarity inference time ratio {variant}/shared",
+                    ratios[variant],
+                    0.3,
+                    "ratio",
+                    paper=None,
+                    note=f"forward time per batch of {p['inference']['batch_size']} tweets, "
+                    "median of interleaved rounds; >1 means slower than shared",
+                )
+            )
     if "hamilton" in v and "shared" in v:
-        rows.append(headline(
-            "polarity training time per epoch ratio hamilton/shared",
-            v["hamilton"]["epoch_time_s"]["mean"] / v["shared"]["epoch_time_s"]["mean"], 0.3, "ratio", paper=None,
-            note="training steps only, mean over seeds",
-        ))
+        rows.append(
+            headline(
+                "polarity training time per epoch ratio hamilton/shared",
+                v["hamilton"]["epoch_time_s"]["mean"] / v["shared"]["epoch_time_s"]["mean"],
+                0.3,
+                "ratio",
+                paper=None,
+                note="training steps only, mean over seeds",
+            )
+        )
     for variant, d in p["divergence"].items():
-        rows.append(headline(
-            f"polarity JS divergence of the four component maps, {variant}, last layer",
-            d["final_per_layer"][-1]["mean"], 0.0 if variant == "shared" else 0.5,
-            "exact" if variant == "shared" else "relative", paper=None,
-            note="mean pairwise Jensen-Shannon divergence (bits) between A_r, A_i, A_j, A_k per non-padding query row, "
-            "probe batch of validation tweets, selected checkpoint; exactly 0 for the shared score by construction",
-        ))
+        rows.append(
+            headline(
+                f"polarity JS divergence of the four component maps, {variant}, last layer",
+                d["final_per_layer"][-1]["mean"],
+                0.0 if variant == "shared" else 0.5,
+                "exact" if variant == "shared" else "relative",
+                paper=None,
+                note="mean pairwise Jensen-Shannon divergence (bits) between A_r, A_i, A_j, A_k per non-padding query row, "
+                "probe batch of validation tweets, selected checkpoint; exactly 0 for the shared score by construction",
+            )
+        )
     return rows

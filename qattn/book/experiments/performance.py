@@ -143,8 +143,12 @@ class BenchConfig(ExperimentConfig):
     min_time_s: float = 0.25  # per variant and size: fast calls are repeated until this much is sampled
     max_repeats: int = 200
     memory_lengths: tuple[int, ...] = (256, 1024, 2048, 4096)
-    memory_variants: tuple[str, ...] = choice(_ALL_VARIANTS, ("torch_mha", "shared", "hamilton", "hamilton_maps", "core_shared", "core_hamilton", "core_hamilton_maps"))
-    longest_variants: tuple[str, ...] = choice(_ALL_VARIANTS, ("core_shared", "core_hamilton", "core_hamilton_maps", "shared", "hamilton_maps", "torch_mha"))
+    memory_variants: tuple[str, ...] = choice(
+        _ALL_VARIANTS, ("torch_mha", "shared", "hamilton", "hamilton_maps", "core_shared", "core_hamilton", "core_hamilton_maps")
+    )
+    longest_variants: tuple[str, ...] = choice(
+        _ALL_VARIANTS, ("core_shared", "core_hamilton", "core_hamilton_maps", "shared", "hamilton_maps", "torch_mha")
+    )
     memory_cap_gb: float = 4.0
     longest_time_limit_s: float = 20.0
     longest_start: int = 1024
@@ -153,7 +157,7 @@ class BenchConfig(ExperimentConfig):
     seed: int = 0
 
     @classmethod
-    def for_profile(cls, profile: str, seed: int = 0, **overrides: Any) -> "BenchConfig":
+    def for_profile(cls, profile: str, seed: int = 0, **overrides: Any) -> BenchConfig:
         """The config of ``profile``; overrides that are None keep its value (the command line's unset options)."""
         return super().for_profile(profile, seed, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -164,6 +168,7 @@ def config_for(profile: str, seed: int = 0, **overrides: Any) -> BenchConfig:
 
 
 # -- variants ------------------------------------------------------------------------------------
+
 
 def _reference_core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Hamilton attention through the 16-matmul reference scores (materialises everything)."""
@@ -183,10 +188,7 @@ def make_variant(
     gen = torch.Generator().manual_seed(seed)
     if name in CORE_VARIANTS:
         d_h = embed_dim // (4 * num_heads)
-        q, k, v = (
-            torch.randn(batch, num_heads, length, 4, d_h, generator=gen).to(device).requires_grad_()
-            for _ in range(3)
-        )
+        q, k, v = (torch.randn(batch, num_heads, length, 4, d_h, generator=gen).to(device).requires_grad_() for _ in range(3))
         mechanism, form = _CORE_FORMS[name]
         if form == "reference":
             return (lambda: _reference_core(q, k, v)), [q, k, v]
@@ -209,9 +211,11 @@ def make_variant(
     if form == "maps":
         return (lambda: qmha(x, x, x, need_weights=True, average_attn_weights=False)[0]), [x, *module.parameters()]
     if form == "reference":
+
         def forward() -> Tensor:
             q, k, v = (qmha.split_heads(t) for t in qmha.project(x, x, x))
             return qmha.out_proj(qmha.merge_heads(_reference_core(q, k, v)))
+
         return forward, [x, *module.parameters()]
     return (lambda: qmha(x, x, x, need_weights=False)[0]), [x, *module.parameters()]
 
@@ -224,14 +228,17 @@ def _sync(device: str) -> None:
 def _timed_call(forward: Callable[[], Tensor], leaves: list[Tensor], backward: bool) -> Callable[[], None]:
     """One call to time: a forward in inference mode, or a forward+backward (gradients reset first)."""
     if backward:
+
         def call() -> None:
             for t in leaves:
                 t.grad = None
             forward().sum().backward()
     else:
+
         def call() -> None:
             with torch.inference_mode():
                 forward()
+
     return call
 
 
@@ -267,7 +274,10 @@ def time_variants(
 
 # -- memory --------------------------------------------------------------------------------------
 
-def memory_workload(variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str, backward: bool) -> Callable[[], None]:
+
+def memory_workload(
+    variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str, backward: bool
+) -> Callable[[], None]:
     """Workload of the memory probes (built in the probe's fresh process): one forward (or
     forward+backward) of ``variant`` on its input, as :func:`make_variant` builds it."""
     forward, _ = make_variant(variant, embed_dim, num_heads, batch, length, device)
@@ -277,21 +287,52 @@ def memory_workload(variant: str, embed_dim: int, num_heads: int, batch: int, le
     def call() -> None:
         with torch.inference_mode():
             forward()
+
     return call
 
 
-def _run_probe(variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str, threads: int, cap_bytes: int | None = None, backward: bool = False, timeout: float = 600) -> dict[str, Any]:
-    kwargs = {"variant": variant, "embed_dim": embed_dim, "num_heads": num_heads, "batch": batch, "length": length, "device": device, "backward": backward}
-    return peak_memory("qattn.book.experiments.performance:memory_workload", kwargs, device=device, threads=threads, cap_bytes=cap_bytes, timeout=timeout)
+def _run_probe(
+    variant: str,
+    embed_dim: int,
+    num_heads: int,
+    batch: int,
+    length: int,
+    device: str,
+    threads: int,
+    cap_bytes: int | None = None,
+    backward: bool = False,
+    timeout: float = 600,
+) -> dict[str, Any]:
+    kwargs = {
+        "variant": variant,
+        "embed_dim": embed_dim,
+        "num_heads": num_heads,
+        "batch": batch,
+        "length": length,
+        "device": device,
+        "backward": backward,
+    }
+    return peak_memory(
+        "qattn.book.experiments.performance:memory_workload", kwargs, device=device, threads=threads, cap_bytes=cap_bytes, timeout=timeout
+    )
 
 
-def measure_memory(variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str = "cpu", threads: int = 2, backward: bool = False) -> dict[str, Any]:
+def measure_memory(
+    variant: str, embed_dim: int, num_heads: int, batch: int, length: int, device: str = "cpu", threads: int = 2, backward: bool = False
+) -> dict[str, Any]:
     """Peak extra memory (bytes) of one forward (or forward+backward), measured in a fresh subprocess."""
     return _run_probe(variant, embed_dim, num_heads, batch, length, device, threads, backward=backward)
 
 
 def longest_sequence(
-    variant: str, embed_dim: int, num_heads: int, cap_bytes: int, time_limit_s: float, start: int = 1024, device: str = "cpu", threads: int = 2
+    variant: str,
+    embed_dim: int,
+    num_heads: int,
+    cap_bytes: int,
+    time_limit_s: float,
+    start: int = 1024,
+    device: str = "cpu",
+    threads: int = 2,
 ) -> dict[str, Any]:
     """Largest N (batch 1, forward) that fits under ``cap_bytes``, by doubling then bisection.
 
@@ -317,7 +358,9 @@ def longest_sequence(
     step = 64 if embed_dim >= 64 else 16
     while bad - good > max(step, good // 16):  # bisection to ~6 %
         mid = (good + bad) // 2 // step * step
-        result = _run_probe(variant, embed_dim, num_heads, 1, mid, device, threads, cap_bytes=cap_bytes, timeout=max(60.0, 10 * time_limit_s))
+        result = _run_probe(
+            variant, embed_dim, num_heads, 1, mid, device, threads, cap_bytes=cap_bytes, timeout=max(60.0, 10 * time_limit_s)
+        )
         probes.append({"length": mid, **result})
         if result["ok"]:
             good = mid
@@ -327,6 +370,7 @@ def longest_sequence(
 
 
 # -- machine limit ---------------------------------------------------------------------------------
+
 
 def matmul_throughput(size: int = 2048, repeats: int = 5, device: str = "cpu") -> dict[str, float]:
     """Best FLOP/s of a square float32 matrix multiply of ``size`` (2·size³ FLOP per product)."""
@@ -350,6 +394,7 @@ def core_multiplications(score: str, batch: int, num_heads: int, length: int, he
 
 # -- the whole run -----------------------------------------------------------------------------------
 
+
 def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark described by ``config``; return JSON-serialisable measurements."""
     cfg = BenchConfig.coerce(config)
@@ -369,7 +414,20 @@ def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print
                     continue
                 variants = [v for v in variants if "reference" not in v or n <= cfg.reference_max_length]
                 t0 = time.perf_counter()
-                result = time_variants(variants, cfg.embed_dim, cfg.num_heads, batch, n, backward, cfg.warmup, cfg.repeats, cfg.device, cfg.seed, cfg.min_time_s, cfg.max_repeats)
+                result = time_variants(
+                    variants,
+                    cfg.embed_dim,
+                    cfg.num_heads,
+                    batch,
+                    n,
+                    backward,
+                    cfg.warmup,
+                    cfg.repeats,
+                    cfg.device,
+                    cfg.seed,
+                    cfg.min_time_s,
+                    cfg.max_repeats,
+                )
                 mode = "forward_backward" if backward else "forward"
                 for v, stats in result.items():
                     timings.append({"variant": v, "batch": batch, "length": n, "mode": mode, **stats})
@@ -385,7 +443,9 @@ def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print
     cap = int(cfg.memory_cap_gb * 2**30)
     longest = {}
     for v in cfg.longest_variants:
-        longest[v] = longest_sequence(v, cfg.embed_dim, cfg.num_heads, cap, cfg.longest_time_limit_s, cfg.longest_start, cfg.device, cfg.threads)
+        longest[v] = longest_sequence(
+            v, cfg.embed_dim, cfg.num_heads, cap, cfg.longest_time_limit_s, cfg.longest_start, cfg.device, cfg.threads
+        )
         log(f"[bench] longest {v}: N = {longest[v]['longest']} (limited by {longest[v]['limited_by']})")
 
     machine = matmul_throughput(device=cfg.device)
@@ -396,7 +456,16 @@ def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print
             score = "shared" if row["variant"] == "core_shared" else "hamilton"
             mults = core_multiplications(score, row["batch"], cfg.num_heads, row["length"], d_h)
             flops = 2 * mults / row["median_s"]
-            achieved.append({"variant": row["variant"], "batch": row["batch"], "length": row["length"], "multiplications": mults, "flops_per_s": flops, "fraction_of_matmul": flops / machine["flops_per_s"]})
+            achieved.append(
+                {
+                    "variant": row["variant"],
+                    "batch": row["batch"],
+                    "length": row["length"],
+                    "multiplications": mults,
+                    "flops_per_s": flops,
+                    "fraction_of_matmul": flops / machine["flops_per_s"],
+                }
+            )
     log(f"[bench] matmul throughput {machine['flops_per_s'] / 1e9:.1f} GFLOP/s; total {time.perf_counter() - started:.0f} s")
     return {
         "device": cfg.device,
@@ -427,6 +496,7 @@ def headline(timings: list[dict[str, Any]], memory: list[dict[str, Any]], longes
     committed reference at 50 % tolerance: timing ratios move between machines) and the chapter's
     own target (stored as ``target_op``, ``target``, ``target_met``).
     """
+
     def _ratio(name: str, value: float, target: tuple[str, float], note: str) -> dict[str, Any]:
         return report_headline(name, value, 0.5, "ratio", note=note, target=target)
 
@@ -440,7 +510,14 @@ def headline(timings: list[dict[str, Any]], memory: list[dict[str, Any]], longes
         if shared and mha and (worst is None or shared / mha > worst[1]):
             worst = (n, shared / mha)
     if worst:
-        rows.append(_ratio("shared / torch MHA forward time, worst N >= 256", worst[1], ("<=", 1.10), f"at N={worst[0]}; target: at most 1.10 at every N from 256"))
+        rows.append(
+            _ratio(
+                "shared / torch MHA forward time, worst N >= 256",
+                worst[1],
+                ("<=", 1.10),
+                f"at N={worst[0]}; target: at most 1.10 at every N from 256",
+            )
+        )
     for ham in ("hamilton", "hamilton_maps"):
         shared = _lookup(timings, "median_s", variant="shared", length=n_big, mode="forward", batch=1)
         other = _lookup(timings, "median_s", variant=ham, length=n_big, mode="forward", batch=1)
@@ -452,12 +529,17 @@ def headline(timings: list[dict[str, Any]], memory: list[dict[str, Any]], longes
         for ham in ("hamilton", "hamilton_maps"):
             other = _lookup(memory, "peak_bytes", variant=ham, length=mem_n)
             if shared and other:
-                rows.append(_ratio(f"{ham} / shared peak memory, N={mem_n}", other / shared, (">=", 3.0), "target: at least 3 for N >= 2048"))
+                rows.append(
+                    _ratio(f"{ham} / shared peak memory, N={mem_n}", other / shared, (">=", 3.0), "target: at least 3 for N >= 2048")
+                )
     if "core_shared" in longest:
         for ham in ("core_hamilton", "core_hamilton_maps"):
             if ham in longest and longest[ham]["longest"]:
                 value = longest["core_shared"]["longest"] / longest[ham]["longest"]
-                note = f"target: at least 8; core_shared limited by {longest['core_shared']['limited_by']}, {ham} by {longest[ham]['limited_by']}"
+                note = (
+                    f"target: at least 8; core_shared limited by {longest['core_shared']['limited_by']}, "
+                    f"{ham} by {longest[ham]['limited_by']}"
+                )
                 rows.append(_ratio(f"longest N: core_shared / {ham}", value, (">=", 8.0), note))
     return rows
 
@@ -493,7 +575,12 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     metrics = run(cfg)
-    result = {"name": f"bench-{cfg.device}", "config": cfg.to_dict(), "metrics": metrics, "provenance": collect_provenance(time.perf_counter() - start)}
+    result = {
+        "name": f"bench-{cfg.device}",
+        "config": cfg.to_dict(),
+        "metrics": metrics,
+        "provenance": collect_provenance(time.perf_counter() - start),
+    }
     print(format_table(metrics))
     for row in metrics["headline"]:
         print(f"{row['name']}: {row['value']:.2f} ({row['note']})")

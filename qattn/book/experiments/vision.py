@@ -29,11 +29,11 @@ import torch
 from qattn.book.data.common import stratified_split
 from qattn.book.data.fashion_mnist import CLASSES, load_fashion_mnist, train_val_split
 from qattn.book.experiments.classification import compare_variants
+from qattn.book.harness.config import ExperimentConfig, choice
+from qattn.book.harness.training import Split, TrainConfig, torch_threads
 from qattn.book.models.blocks import VARIANTS
 from qattn.book.models.vit import build_vit
 from qattn.book.report import headline
-from qattn.book.harness.config import ExperimentConfig, choice
-from qattn.book.harness.training import Split, TrainConfig, torch_threads
 
 __all__ = ["VisionConfig", "PROFILES", "config_for", "run", "PAPER_CIFAR100"]
 
@@ -163,12 +163,24 @@ def _run(cfg: VisionConfig) -> dict[str, Any]:
     probe = (val.inputs[0][: cfg.probe_size],)
     timing = (val.inputs[0][: cfg.timing_batch],)
     metrics, models = compare_variants(
-        build, cfg.variants, [cfg.seed + i for i in range(cfg.n_seeds)], train, val, test,
-        cfg.train_config(), probe=probe, timing_inputs=timing, timing_rounds=cfg.timing_rounds,
+        build,
+        cfg.variants,
+        [cfg.seed + i for i in range(cfg.n_seeds)],
+        train,
+        val,
+        test,
+        cfg.train_config(),
+        probe=probe,
+        timing_inputs=timing,
+        timing_rounds=cfg.timing_rounds,
     )
     metrics["data"] = {
-        "train": len(train), "val": len(val), "test": len(test), "classes": list(CLASSES),
-        "pixel_mean": mean, "pixel_std": std,
+        "train": len(train),
+        "val": len(val),
+        "test": len(test),
+        "classes": list(CLASSES),
+        "pixel_mean": mean,
+        "pixel_std": std,
     }
     metrics["widths"] = {v: _width(m) for v, m in models.items()}
     metrics["examples"] = _attention_examples(models, data.train_images[val_idx], val, cfg)
@@ -215,29 +227,52 @@ def _headlines(m: dict[str, Any]) -> list[dict[str, Any]]:
         if variant in v:
             acc = v[variant]["test_accuracy"]
             floor = "; floor 0.85 (quaternion models, full profile)" if variant in ("shared", "hamilton") else ""
-            rows.append(headline(
-                f"test accuracy, {variant}", acc["mean"], 0.02, "exact", paper=None,
-                note=f"mean of {acc['n']} seed(s) (std {acc['std']:.4f}){floor}. {paper_note}",
-            ))
+            rows.append(
+                headline(
+                    f"test accuracy, {variant}",
+                    acc["mean"],
+                    0.02,
+                    "exact",
+                    paper=None,
+                    note=f"mean of {acc['n']} seed(s) (std {acc['std']:.4f}){floor}. {paper_note}",
+                )
+            )
     ratios = m["inference"]["time_ratio_vs_shared"]
     for variant in ("hamilton", "real_same_width", "real_same_params"):
         if variant in ratios:
-            rows.append(headline(
-                f"inference time ratio {variant}/shared", ratios[variant], 0.3, "ratio", paper=None,
-                note=f"forward time per batch of {m['inference']['batch_size']} images, median of interleaved rounds; >1 means slower than shared",
-            ))
+            rows.append(
+                headline(
+                    f"inference time ratio {variant}/shared",
+                    ratios[variant],
+                    0.3,
+                    "ratio",
+                    paper=None,
+                    note=f"forward time per batch of {m['inference']['batch_size']} images, "
+                    "median of interleaved rounds; >1 means slower than shared",
+                )
+            )
     if "hamilton" in v and "shared" in v:
-        rows.append(headline(
-            "training time per epoch ratio hamilton/shared",
-            v["hamilton"]["epoch_time_s"]["mean"] / v["shared"]["epoch_time_s"]["mean"], 0.3, "ratio", paper=None,
-            note="training steps only, mean over seeds",
-        ))
+        rows.append(
+            headline(
+                "training time per epoch ratio hamilton/shared",
+                v["hamilton"]["epoch_time_s"]["mean"] / v["shared"]["epoch_time_s"]["mean"],
+                0.3,
+                "ratio",
+                paper=None,
+                note="training steps only, mean over seeds",
+            )
+        )
     for variant, d in m["divergence"].items():
         last = d["final_per_layer"][-1]["mean"]
-        rows.append(headline(
-            f"JS divergence of the four component maps, {variant}, last layer", last,
-            0.0 if variant == "shared" else 0.5, "exact" if variant == "shared" else "relative", paper=None,
-            note="mean pairwise Jensen-Shannon divergence (bits) between A_r, A_i, A_j, A_k per query row, "
-            "probe batch of validation images, selected checkpoint; exactly 0 for the shared score by construction",
-        ))
+        rows.append(
+            headline(
+                f"JS divergence of the four component maps, {variant}, last layer",
+                last,
+                0.0 if variant == "shared" else 0.5,
+                "exact" if variant == "shared" else "relative",
+                paper=None,
+                note="mean pairwise Jensen-Shannon divergence (bits) between A_r, A_i, A_j, A_k per query row, "
+                "probe batch of validation images, selected checkpoint; exactly 0 for the shared score by construction",
+            )
+        )
     return rows

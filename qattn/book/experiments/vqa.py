@@ -30,15 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from qattn.metrics import mean_pairwise_js
 from qattn.attention.bilinear import bilinear_logits
 from qattn.book.data.vqa import RELATIONAL_TYPES, VQASet, load_easy_vqa, make_sort_of_clevr
-from qattn.book.harness.timing import summary, time_interleaved
 from qattn.book.harness.config import ExperimentConfig, choice
+from qattn.book.harness.timing import summary, time_interleaved
 from qattn.book.harness.training import LoopConfig, StepLoss, fit
 from qattn.book.models.blocks import count_parameters
 from qattn.book.models.vqa import VQAConfig, VQAModel
 from qattn.book.report import headline
+from qattn.metrics import mean_pairwise_js
 
 __all__ = ["VARIANTS", "VQAExperimentConfig", "config_for", "build_model", "train_variant", "run"]
 
@@ -105,8 +105,19 @@ def build_model(variant: str, data: VQASet, vocab_size: int, cfg: VQAExperimentC
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
     head, score, glimpses = VARIANTS[variant]
-    return VQAModel(VQAConfig(vocab_size=vocab_size, n_answers=len(data.answer_names), head=head, score=score, glimpses=glimpses,
-                              d_x=cfg.d, d_y=cfg.d, hidden=cfg.d, channels=cfg.channels))
+    return VQAModel(
+        VQAConfig(
+            vocab_size=vocab_size,
+            n_answers=len(data.answer_names),
+            head=head,
+            score=score,
+            glimpses=glimpses,
+            d_x=cfg.d,
+            d_y=cfg.d,
+            hidden=cfg.d,
+            channels=cfg.channels,
+        )
+    )
 
 
 def _image_batches(data: VQASet, images_per_batch: int, order: np.ndarray):
@@ -114,12 +125,17 @@ def _image_batches(data: VQASet, images_per_batch: int, order: np.ndarray):
     by_image = np.argsort(data.image_index, kind="stable")
     starts = np.searchsorted(data.image_index[by_image], np.arange(len(data.images) + 1))
     for lo in range(0, len(order), images_per_batch):
-        imgs = order[lo:lo + images_per_batch]
-        qids = np.concatenate([by_image[starts[i]:starts[i + 1]] for i in imgs])
+        imgs = order[lo : lo + images_per_batch]
+        qids = np.concatenate([by_image[starts[i] : starts[i + 1]] for i in imgs])
         local = np.searchsorted(np.sort(imgs), data.image_index[qids])
         imgs_sorted = np.sort(imgs)
-        yield (torch.from_numpy(data.images[imgs_sorted]), torch.from_numpy(data.questions[qids]),
-               torch.from_numpy(local), torch.from_numpy(data.answers[qids]), qids)
+        yield (
+            torch.from_numpy(data.images[imgs_sorted]),
+            torch.from_numpy(data.questions[qids]),
+            torch.from_numpy(local),
+            torch.from_numpy(data.answers[qids]),
+            qids,
+        )
 
 
 @torch.no_grad()
@@ -150,8 +166,18 @@ def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False) -> dict
     return out
 
 
-def train_variant(variant: str, train: VQASet, val: VQASet, test: VQASet, vocab_size: int, cfg: VQAExperimentConfig, epochs: int, seed: int,
-                  log: Callable[[str], None] = print, examples: list[int] | None = None) -> dict[str, Any]:
+def train_variant(
+    variant: str,
+    train: VQASet,
+    val: VQASet,
+    test: VQASet,
+    vocab_size: int,
+    cfg: VQAExperimentConfig,
+    epochs: int,
+    seed: int,
+    log: Callable[[str], None] = print,
+    examples: list[int] | None = None,
+) -> dict[str, Any]:
     """Train one variant with one seed (:func:`~qattn.book.harness.training.fit`: Adam, constant
     learning rate, gradient clipping, validation after every epoch); select on validation; evaluate
     the test split once.
@@ -164,8 +190,13 @@ def train_variant(variant: str, train: VQASet, val: VQASet, test: VQASet, vocab_
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(train.images) / cfg.images_per_batch)
     loop = LoopConfig(
-        steps=steps_per_epoch * epochs, lr=cfg.lr, optimizer="adam", grad_clip=cfg.clip,
-        validate_at=tuple(steps_per_epoch * (e + 1) for e in range(epochs)), steps_per_epoch=steps_per_epoch, dropout_seed=seed,
+        steps=steps_per_epoch * epochs,
+        lr=cfg.lr,
+        optimizer="adam",
+        grad_clip=cfg.clip,
+        validate_at=tuple(steps_per_epoch * (e + 1) for e in range(epochs)),
+        steps_per_epoch=steps_per_epoch,
+        dropout_seed=seed,
     )
 
     def batches():
@@ -177,17 +208,37 @@ def train_variant(variant: str, train: VQASet, val: VQASet, test: VQASet, vocab_
         logits, _ = model(images, questions, local)
         return StepLoss(F.cross_entropy(logits, answers))
 
-    result = fit(model, batches(), loss_fn, lambda m: {"val_accuracy": _evaluate(m, val)["accuracy"]}, loop,
-                 select="val_accuracy", log=log, name=f"[vqa] {variant} seed {seed}",
-                 summarise_losses=lambda losses, _: float(np.mean(losses)))  # the mean over the epoch's batches
-    curve = [{"epoch": h["step"] // steps_per_epoch, "train_loss": h["train_loss"], "val_accuracy": h["val_accuracy"]} for h in result.history]
+    result = fit(
+        model,
+        batches(),
+        loss_fn,
+        lambda m: {"val_accuracy": _evaluate(m, val)["accuracy"]},
+        loop,
+        select="val_accuracy",
+        log=log,
+        name=f"[vqa] {variant} seed {seed}",
+        summarise_losses=lambda losses, _: float(np.mean(losses)),
+    )  # the mean over the epoch's batches
+    curve = [
+        {"epoch": h["step"] // steps_per_epoch, "train_loss": h["train_loss"], "val_accuracy": h["val_accuracy"]} for h in result.history
+    ]
     best_epoch = result.best_step // steps_per_epoch
     out = _evaluate(model, test, collect_maps=True)
     if examples:
         out["examples"] = _examples(model, test, examples)
-    log(f"[vqa] {variant:14s} seed {seed}: val {result.best_score:.3f} (epoch {best_epoch}), test {out['accuracy']:.3f}  ({result.wall_s:.0f} s)")
-    return {"seed": seed, "best_epoch": best_epoch, "val_accuracy": result.best_score, "train_time_s": result.wall_s, "curve": curve, **out,
-            "parameters": count_parameters(model)}
+    log(
+        f"[vqa] {variant:14s} seed {seed}: val {result.best_score:.3f} (epoch {best_epoch}), "
+        f"test {out['accuracy']:.3f}  ({result.wall_s:.0f} s)"
+    )
+    return {
+        "seed": seed,
+        "best_epoch": best_epoch,
+        "val_accuracy": result.best_score,
+        "train_time_s": result.wall_s,
+        "curve": curve,
+        **out,
+        "parameters": count_parameters(model),
+    }
 
 
 @torch.no_grad()
@@ -197,11 +248,19 @@ def _examples(model: VQAModel, data: VQASet, qids: list[int]) -> list[dict[str, 
     out = []
     for q in qids:
         img = int(data.image_index[q])
-        logits, maps = model(torch.from_numpy(data.images[img:img + 1]), torch.from_numpy(data.questions[q:q + 1]), torch.zeros(1, dtype=torch.long))
+        logits, maps = model(
+            torch.from_numpy(data.images[img : img + 1]), torch.from_numpy(data.questions[q : q + 1]), torch.zeros(1, dtype=torch.long)
+        )
         n_tokens = int((data.questions[q] != 0).sum())
-        out.append({"question_id": int(q), "text": data.texts[q], "answer": data.answer_names[int(data.answers[q])],
-                    "predicted": data.answer_names[int(logits.argmax())],
-                    "maps": maps[0, ..., :n_tokens, :].tolist() if maps.dim() >= 4 else maps[0].tolist()})
+        out.append(
+            {
+                "question_id": int(q),
+                "text": data.texts[q],
+                "answer": data.answer_names[int(data.answers[q])],
+                "predicted": data.answer_names[int(logits.argmax())],
+                "maps": maps[0, ..., :n_tokens, :].tolist() if maps.dim() >= 4 else maps[0].tolist(),
+            }
+        )
     return out
 
 
@@ -218,7 +277,9 @@ def _logit_multiplications(variant: str, data: VQASet, vocab_size: int, cfg: VQA
 
 
 @torch.no_grad()
-def _time_inference(variants: list[str], data: VQASet, vocab_size: int, cfg: VQAExperimentConfig, repeats: int = 7) -> dict[str, dict[str, float]]:
+def _time_inference(
+    variants: list[str], data: VQASet, vocab_size: int, cfg: VQAExperimentConfig, repeats: int = 7
+) -> dict[str, dict[str, float]]:
     """Forward time of a 16-image batch, variants interleaved; median/min/max seconds."""
     models = {v: build_model(v, data, vocab_size, cfg).eval() for v in variants}
     images, questions, local, _, _ = next(_image_batches(data, 16, np.arange(min(16, len(data.images)))))
@@ -229,15 +290,20 @@ def _time_inference(variants: list[str], data: VQASet, vocab_size: int, cfg: VQA
 def _pick_examples(data: VQASet, seed: int, per_type: int = 1) -> list[int]:
     """One test question of each type (deterministic), for the attention figures."""
     rng = np.random.default_rng(seed)
-    return [int(rng.choice(np.flatnonzero(data.types == t))) for t in range(len(data.type_names)) if (data.types == t).any()][: 6 * per_type]
+    return [int(rng.choice(np.flatnonzero(data.types == t))) for t in range(len(data.type_names)) if (data.types == t).any()][
+        : 6 * per_type
+    ]
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def stats(values: list[float]) -> dict[str, float]:
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
-    out = {"accuracy": stats([r["accuracy"] for r in runs]), "parameters": runs[0]["parameters"],
-           "per_type": {t: stats([r["per_type"][t] for r in runs]) for t in runs[0]["per_type"]}}
+    out = {
+        "accuracy": stats([r["accuracy"] for r in runs]),
+        "parameters": runs[0]["parameters"],
+        "per_type": {t: stats([r["per_type"][t] for r in runs]) for t in runs[0]["per_type"]},
+    }
     for key in ("relational", "non_relational"):
         if key in runs[0]:
             out[key] = stats([r[key] for r in runs])
@@ -261,15 +327,32 @@ def run(config: VQAExperimentConfig | Mapping[str, Any], log: Callable[[str], No
     metrics: dict[str, Any] = {}
     for name, ((train, val, test, vocab), variants, epochs) in datasets.items():
         examples = _pick_examples(test, cfg.data_seed)
-        runs = {v: [train_variant(v, train, val, test, len(vocab.words), cfg, epochs, s, log, examples if s == cfg.seeds[0] else None)
-                    for s in cfg.seeds] for v in variants}
+        runs = {
+            v: [
+                train_variant(v, train, val, test, len(vocab.words), cfg, epochs, s, log, examples if s == cfg.seeds[0] else None)
+                for s in cfg.seeds
+            ]
+            for v in variants
+        }
         timing = _time_inference(variants, test, len(vocab.words), cfg)
         metrics[name] = {
-            "sizes": {"train_questions": len(train), "val_questions": len(val), "test_questions": len(test),
-                      "train_images": len(train.images), "answers": len(train.answer_names)},
+            "sizes": {
+                "train_questions": len(train),
+                "val_questions": len(val),
+                "test_questions": len(test),
+                "train_images": len(train.images),
+                "answers": len(train.answer_names),
+            },
             "type_names": train.type_names,
-            "variants": {v: {**_summarise(runs[v]), "runs": runs[v], "inference": timing[v],
-                             "logit_multiplications": _logit_multiplications(v, test, len(vocab.words), cfg)} for v in variants},
+            "variants": {
+                v: {
+                    **_summarise(runs[v]),
+                    "runs": runs[v],
+                    "inference": timing[v],
+                    "logit_multiplications": _logit_multiplications(v, test, len(vocab.words), cfg),
+                }
+                for v in variants
+            },
         }
     metrics["headline"] = _headline(metrics)
     return metrics
@@ -287,8 +370,16 @@ def _headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"{ds}: {v} test accuracy", r["accuracy"]["mean"], 0.05)
         var = m["variants"]
         if "qban_shared" in var and "qban_hamilton" in var:
-            add(f"{ds}: qban_hamilton / qban_shared inference time", var["qban_hamilton"]["inference"]["median_s"] / var["qban_shared"]["inference"]["median_s"], 0.5, "ratio")
-            add(f"{ds}: qban_hamilton / qban_shared logit multiplications", var["qban_hamilton"]["logit_multiplications"] / var["qban_shared"]["logit_multiplications"], 0, "exact")
+            add(
+                f"{ds}: qban_hamilton / qban_shared inference time",
+                var["qban_hamilton"]["inference"]["median_s"] / var["qban_shared"]["inference"]["median_s"],
+                0.5,
+                "ratio",
+            )
+            add(
+                f"{ds}: qban_hamilton / qban_shared logit multiplications",
+                var["qban_hamilton"]["logit_multiplications"] / var["qban_shared"]["logit_multiplications"],
+                0,
+                "exact",
+            )
     return rows
-
-

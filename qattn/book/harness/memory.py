@@ -126,7 +126,10 @@ def peak_memory(
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "qattn.book.harness.memory", json.dumps(spec)],
-            capture_output=True, text=True, timeout=timeout, env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout} s"}

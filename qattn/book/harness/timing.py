@@ -111,8 +111,7 @@ def time_interleaved(
                 totals[n] += elapsed * calls_per_sample
         round_index += 1
     return {
-        n: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s), "repeats": len(s), "samples": s}
-        for n, s in samples.items()
+        n: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s), "repeats": len(s), "samples": s} for n, s in samples.items()
     }
 
 

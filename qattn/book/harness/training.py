@@ -29,8 +29,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "LoopConfig", "StepLoss", "TrainResult", "fit", "lr_factor", "evenly_spaced", "every", "weighted_mean",
-    "TrainConfig", "Split", "evaluate", "train_classifier", "time_inference", "accuracy_stats", "torch_threads",
+    "LoopConfig",
+    "StepLoss",
+    "TrainResult",
+    "fit",
+    "lr_factor",
+    "evenly_spaced",
+    "every",
+    "weighted_mean",
+    "TrainConfig",
+    "Split",
+    "evaluate",
+    "train_classifier",
+    "time_inference",
+    "accuracy_stats",
+    "torch_threads",
 ]
 
 Collate = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
@@ -244,9 +257,7 @@ def fit(
     the previous validation (default :func:`weighted_mean`).
     """
     optimiser = config.optimiser(model.parameters())
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: lr_factor(s, config.steps, config.warmup_steps, config.decay)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, config.steps, config.warmup_steps, config.decay))
     at = set(config.validate_at)
     history: list[dict[str, Any]] = []
     step_losses: list[float] = []
@@ -274,8 +285,10 @@ def fit(
             best = (entry[select], step, copy.deepcopy(model.state_dict()))
         if log is not None and step > 0:
             epoch = f" (epoch {entry['epoch']:.2f})" if "epoch" in entry else ""
-            log(f"  {name}: step {step}/{config.steps}{epoch} train loss {entry['train_loss']:.4f} "
-                f"{select} {entry[select]:.4f} ({time.perf_counter() - started:.0f} s)")
+            log(
+                f"  {name}: step {step}/{config.steps}{epoch} train loss {entry['train_loss']:.4f} "
+                f"{select} {entry[select]:.4f} ({time.perf_counter() - started:.0f} s)"
+            )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.dropout_seed)
@@ -353,16 +366,23 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
     loop = LoopConfig(
-        steps=total, lr=config.lr, optimizer="adamw", weight_decay=config.weight_decay,
-        warmup_steps=max(1, round(config.warmup_fraction * total)), decay="cosine", grad_clip=config.grad_clip,
-        validate_at=(0, *evenly_spaced(total, config.checkpoints)), steps_per_epoch=steps_per_epoch, dropout_seed=dropout_seed,
+        steps=total,
+        lr=config.lr,
+        optimizer="adamw",
+        weight_decay=config.weight_decay,
+        warmup_steps=max(1, round(config.warmup_fraction * total)),
+        decay="cosine",
+        grad_clip=config.grad_clip,
+        validate_at=(0, *evenly_spaced(total, config.checkpoints)),
+        steps_per_epoch=steps_per_epoch,
+        dropout_seed=dropout_seed,
     )
 
     def batches() -> Iterator[tuple[tuple[Tensor, ...], Tensor]]:
         for _ in range(config.epochs):
             order = torch.randperm(len(train), generator=generator)
             for start in range(0, len(train), config.batch_size):
-                yield train.take(order[start:start + config.batch_size])
+                yield train.take(order[start : start + config.batch_size])
 
     def loss_fn(model: nn.Module, batch: tuple[tuple[Tensor, ...], Tensor]) -> StepLoss:
         inputs, labels = batch
@@ -438,7 +458,7 @@ class torch_threads:
         self.n = n
         self.previous: int | None = None
 
-    def __enter__(self) -> "torch_threads":
+    def __enter__(self) -> torch_threads:
         if self.n is not None:
             self.previous = torch.get_num_threads()
             torch.set_num_threads(self.n)

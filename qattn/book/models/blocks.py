@@ -111,14 +111,10 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(variant, width, ffn_mult * width, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(
-        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """``(B, N, E)`` → ``(B, N, E)`` and the per-head attention weights (or None)."""
         h = self.norm1(x)
-        out, weights = self.attention(
-            h, h, h, key_padding_mask=key_padding_mask, need_weights=need_weights, average_attn_weights=False
-        )
+        out, weights = self.attention(h, h, h, key_padding_mask=key_padding_mask, need_weights=need_weights, average_attn_weights=False)
         x = x + self.dropout(out)
         x = x + self.dropout(self.ffn(self.norm2(x)))
         return x, weights
@@ -132,9 +128,7 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(variant, width, num_heads, ffn_mult, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
 
-    def forward(
-        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
-    ) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
         """``(B, N, E)`` → ``(B, N, E)`` and, if ``need_weights``, one weight tensor per layer."""
         maps: list[Tensor] = []
         for block in self.blocks:

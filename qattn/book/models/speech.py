@@ -120,7 +120,7 @@ class SpeechModelConfig:
         if self.conv_kernel % 2 != 1:
             raise ValueError(f"conv_kernel must be odd, got {self.conv_kernel}")
 
-    def replace(self, **changes: Any) -> "SpeechModelConfig":
+    def replace(self, **changes: Any) -> SpeechModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +133,7 @@ def release_config(bottleneck: str = "conformer", kind: str = "quaternion", scor
 
 
 # -- signal front end -----------------------------------------------------------------------------
+
 
 def stft(wave: Tensor) -> Tensor:
     """``(B, n)`` → complex ``(B, T, F)`` with n_fft 400, hop 100, Hann, centred, F = 201, T = n//100 + 1."""
@@ -169,6 +170,7 @@ def apply_mask(spec: Tensor, mask: Tensor) -> Tensor:
 
 
 # -- building blocks ------------------------------------------------------------------------------
+
 
 def cat_channels(tensors: list[Tensor], quaternion: bool, dim: int = 1) -> Tensor:
     """Concatenate along channels; quaternion tensors per component so the result stays blocked.
@@ -235,7 +237,9 @@ class _Ops:
         cls = QuaternionConv1d if self.quaternion else nn.Conv1d
         return cls(i, o, k, padding=padding, bias=bias)
 
-    def conv2d(self, i: int, o: int, k: int, stride: tuple[int, int] = (1, 1), padding: Any = 0, dilation: Any = 1, bias: bool = True) -> nn.Module:
+    def conv2d(
+        self, i: int, o: int, k: int, stride: tuple[int, int] = (1, 1), padding: Any = 0, dilation: Any = 1, bias: bool = True
+    ) -> nn.Module:
         cls = QuaternionConv2d if self.quaternion else nn.Conv2d
         return cls(i, o, k, stride=stride, padding=padding, dilation=dilation, bias=bias)
 
@@ -405,7 +409,9 @@ class SpeechEnhancer(nn.Module):
     def bottleneck(self, z: Tensor, maps_for: int = 0) -> tuple[Tensor, list[Tensor | None], list[Tensor | None]]:
         """``(B, D, T, F′)`` → same shape; maps of the time blocks and of the frequency blocks."""
         b, d, t, f = z.shape
-        x = z.permute(0, 3, 2, 1).reshape(b * f, t, d).contiguous()  # sequences along time (contiguous: a strided view makes the linear layers ~100x slower)
+        x = (
+            z.permute(0, 3, 2, 1).reshape(b * f, t, d).contiguous()
+        )  # sequences along time (contiguous: a strided view makes the linear layers ~100x slower)
         time_maps = []
         for blk in self.time_blocks:
             x, m = blk(x, maps_for)

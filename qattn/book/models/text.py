@@ -76,7 +76,9 @@ class TextTransformer(nn.Module):
         if ids.dim() != 2 or ids.shape[1] > self.max_len:
             raise ValueError(f"ids must be (B, L) with L <= max_len={self.max_len}, got shape {tuple(ids.shape)}")
         if padding_mask is not None and (padding_mask.shape != ids.shape or padding_mask.dtype != torch.bool):
-            raise ValueError(f"padding_mask must be bool of the shape of ids {tuple(ids.shape)}, got {tuple(padding_mask.shape)} {padding_mask.dtype}")
+            raise ValueError(
+                f"padding_mask must be bool of the shape of ids {tuple(ids.shape)}, got {tuple(padding_mask.shape)} {padding_mask.dtype}"
+            )
         x = self.dropout(self.embed(ids) + self.pos_embed[:, : ids.shape[1]])
         x, maps = self.encoder(x, key_padding_mask=padding_mask, need_weights=need_weights)
         return self.head(x[:, 0]), maps

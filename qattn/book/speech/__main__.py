@@ -10,7 +10,9 @@ from qattn.book.speech.enhance import EnhanceError, default_checkpoint, enhance_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qattn.book.speech", description="Speech enhancement with a trained quaternion enhancer.")
+    parser = argparse.ArgumentParser(
+        prog="python -m qattn.book.speech", description="Speech enhancement with a trained quaternion enhancer."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("enhance", help="enhance a 16 kHz mono WAV file")
     p.add_argument("input", help="noisy WAV file (PCM)")

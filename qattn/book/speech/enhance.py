@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qattn.book.models.speech import N_FFT, SpeechEnhancer, SpeechModelConfig
 from qattn.book import paths
+from qattn.book.models.speech import N_FFT, SpeechEnhancer, SpeechModelConfig
 from qattn.book.speech.audio import read_wav, resample, write_wav
 
 __all__ = ["MIN_SECONDS", "EnhanceError", "default_checkpoint", "load_checkpoint", "enhance_file"]
@@ -75,7 +75,10 @@ def enhance_file(
             raise EnhanceError(f"{src} is sampled at {rate} Hz; the model takes {SAMPLE_RATE} Hz (pass --resample to convert it)")
         mono = resample(mono, rate, SAMPLE_RATE)
     if len(mono) < max(int(MIN_SECONDS * SAMPLE_RATE), N_FFT):
-        raise EnhanceError(f"{src} is {'empty' if len(mono) == 0 else f'too short ({len(mono) / SAMPLE_RATE:.3f} s)'}: need at least {MIN_SECONDS} s of audio")
+        raise EnhanceError(
+            f"{src} is {'empty' if len(mono) == 0 else f'too short ({len(mono) / SAMPLE_RATE:.3f} s)'}: "
+            f"need at least {MIN_SECONDS} s of audio"
+        )
     with torch.inference_mode():
         out = model(torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))[None])[0].numpy()
     write_wav(dst, out, SAMPLE_RATE)

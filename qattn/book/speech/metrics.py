@@ -142,14 +142,64 @@ def llr(ref: np.ndarray, deg: np.ndarray, sample_rate: int = 16000) -> float:
     return _mean_lowest(dist)
 
 
-_CENT_FREQ = np.array([
-    50.0, 120.0, 190.0, 260.0, 330.0, 400.0, 470.0, 540.0, 617.372, 703.378, 798.717, 904.128, 1020.38,
-    1148.30, 1288.72, 1442.54, 1610.70, 1794.16, 1993.93, 2211.08, 2446.71, 2701.97, 2978.04, 3276.17, 3597.63,
-])
-_BANDWIDTH = np.array([
-    70.0, 70.0, 70.0, 70.0, 70.0, 70.0, 70.0, 77.3724, 86.0056, 95.3398, 105.411, 116.256, 127.914, 140.423,
-    153.823, 168.154, 183.457, 199.776, 217.153, 235.631, 255.255, 276.072, 298.126, 321.465, 346.136,
-])
+_CENT_FREQ = np.array(
+    [
+        50.0,
+        120.0,
+        190.0,
+        260.0,
+        330.0,
+        400.0,
+        470.0,
+        540.0,
+        617.372,
+        703.378,
+        798.717,
+        904.128,
+        1020.38,
+        1148.30,
+        1288.72,
+        1442.54,
+        1610.70,
+        1794.16,
+        1993.93,
+        2211.08,
+        2446.71,
+        2701.97,
+        2978.04,
+        3276.17,
+        3597.63,
+    ]
+)
+_BANDWIDTH = np.array(
+    [
+        70.0,
+        70.0,
+        70.0,
+        70.0,
+        70.0,
+        70.0,
+        70.0,
+        77.3724,
+        86.0056,
+        95.3398,
+        105.411,
+        116.256,
+        127.914,
+        140.423,
+        153.823,
+        168.154,
+        183.457,
+        199.776,
+        217.153,
+        235.631,
+        255.255,
+        276.072,
+        298.126,
+        321.465,
+        346.136,
+    ]
+)
 
 
 def _critical_filters(n_fft: int, sample_rate: int) -> np.ndarray:
@@ -212,13 +262,13 @@ def wss(ref: np.ndarray, deg: np.ndarray, sample_rate: int = 16000) -> float:
 def composite(ref: np.ndarray, deg: np.ndarray, sample_rate: int = 16000, pesq_value: float | None = None) -> dict[str, float]:
     """CSIG, CBAK, COVL (wide-band PESQ inside) and their ingredients LLR, WSS, segSNR."""
     p = pesq_wb(ref, deg, sample_rate) if pesq_value is None else pesq_value
-    l, w, s = llr(ref, deg, sample_rate), wss(ref, deg, sample_rate), segmental_snr(ref, deg, sample_rate)
+    lr, w, s = llr(ref, deg, sample_rate), wss(ref, deg, sample_rate), segmental_snr(ref, deg, sample_rate)
     clip = lambda v: float(np.clip(v, 1.0, 5.0))  # noqa: E731
     return {
-        "csig": clip(3.093 - 1.029 * l + 0.603 * p - 0.009 * w),
+        "csig": clip(3.093 - 1.029 * lr + 0.603 * p - 0.009 * w),
         "cbak": clip(1.634 + 0.478 * p - 0.007 * w + 0.063 * s),
-        "covl": clip(1.594 + 0.805 * p - 0.512 * l - 0.007 * w),
-        "llr": l,
+        "covl": clip(1.594 + 0.805 * p - 0.512 * lr - 0.007 * w),
+        "llr": lr,
         "wss": w,
         "segsnr": s,
     }

@@ -17,7 +17,6 @@ from qattn.book.data.speech import SpeechCorpusConfig
 from qattn.book.harness.config import ExperimentConfig, choice, nested
 from qattn.book.models.speech import N_FFT, SpeechEnhancer, SpeechModelConfig
 
-
 VARIANTS: dict[str, dict[str, str]] = {
     "real_conformer": {"kind": "real", "bottleneck": "conformer", "score": "shared"},
     "qtransformer_hamilton": {"kind": "quaternion", "bottleneck": "transformer", "score": "hamilton"},
@@ -63,9 +62,20 @@ PAPER_PARAMS = {"qconformer": 0.80e6, "qtransformer": 0.62e6, "real_conformer": 
 
 
 #: The narrow models trained in the full profile (keys: fields of SpeechModelConfig).
-_NARROW = dict(growth=8, dense_width=16, d_model=16, num_heads=2, ffn_dim=32, conv_kernel=7,
-               n_time_blocks=1, n_freq_blocks=1, encoder_dilations=(1, 2), decoder_dilations=(2, 1),
-               dropout=0.0, attn_dropout=0.0)
+_NARROW = dict(
+    growth=8,
+    dense_width=16,
+    d_model=16,
+    num_heads=2,
+    ffn_dim=32,
+    conv_kernel=7,
+    n_time_blocks=1,
+    n_freq_blocks=1,
+    encoder_dilations=(1, 2),
+    decoder_dilations=(2, 1),
+    dropout=0.0,
+    attn_dropout=0.0,
+)
 
 
 @dataclass(frozen=True)
@@ -82,15 +92,31 @@ class SpeechExperimentConfig(ExperimentConfig):
         "full": dict(
             model=_NARROW,
             corpus=dict(n_train=120, n_valid=8, n_test=12, max_seconds=2.5),
-            steps=80, valid_every=10, warmup_steps=10, cosine_decay=True, betas=(0.9, 0.999), train_threads=2,
-            timing_repeats=3, release_whole_repeats=2, release_memory=False,
+            steps=80,
+            valid_every=10,
+            warmup_steps=10,
+            cosine_decay=True,
+            betas=(0.9, 0.999),
+            train_threads=2,
+            timing_repeats=3,
+            release_whole_repeats=2,
+            release_memory=False,
         ),
         "ci": dict(
             model=dict(_NARROW, encoder_dilations=(1,), decoder_dilations=(1,), growth=4, dense_width=8),
             corpus=dict(n_train=8, n_valid=2, n_test=3, max_seconds=1.5),
-            quaternion_seeds=1, steps=2, batch_size=2, valid_every=2, valid_crop_s=0.5,
-            timing_lengths=(1.0,), timing_repeats=2, release_timing=False, release_whole_s=1.0,
-            divergence_s=0.5, divergence_sequences=2, n_examples=1,
+            quaternion_seeds=1,
+            steps=2,
+            batch_size=2,
+            valid_every=2,
+            valid_crop_s=0.5,
+            timing_lengths=(1.0,),
+            timing_repeats=2,
+            release_timing=False,
+            release_whole_s=1.0,
+            divergence_s=0.5,
+            divergence_sequences=2,
+            n_examples=1,
         ),
     }
 

@@ -46,9 +46,11 @@ def mean_over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
 @torch.inference_mode()
 def component_divergence(model: SpeechEnhancer, wave: np.ndarray, sequences: int) -> dict[str, Any]:
     _, time_maps, freq_maps = model.forward_with_maps(torch.from_numpy(wave)[None], maps_for=sequences)
+
     def js(m: torch.Tensor) -> float:
         four = m if m.dim() == 5 else m.unsqueeze(2).expand(-1, -1, 4, -1, -1)  # shared: one map, four times
         return float(mean_pairwise_js(four.double(), component_dim=2).mean())
+
     return {"time": [js(m) for m in time_maps], "freq": [js(m) for m in freq_maps]}
 
 

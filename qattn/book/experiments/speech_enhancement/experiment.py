@@ -13,13 +13,30 @@ from torch import nn
 
 from qattn.book.data.speech import load_speech_corpus
 from qattn.book.experiments.speech_enhancement.config import (
-    LABELS, PAPER_PARAMS, PAPER_RTF, VARIANTS, SpeechExperimentConfig, as_config, model_config,
+    LABELS,
+    PAPER_PARAMS,
+    PAPER_RTF,
+    VARIANTS,
+    SpeechExperimentConfig,
+    as_config,
+    model_config,
 )
 from qattn.book.experiments.speech_enhancement.evaluation import (
-    component_divergence, enhance_waves, mean_over_seeds, real_clip, save_maps, score_waves,
+    component_divergence,
+    enhance_waves,
+    mean_over_seeds,
+    real_clip,
+    save_maps,
+    score_waves,
 )
 from qattn.book.experiments.speech_enhancement.timing import (
-    MaterialisedMaps, attention_share, maps_bytes, memory_table, release_params, release_timing, time_rtf,
+    MaterialisedMaps,
+    attention_share,
+    maps_bytes,
+    memory_table,
+    release_params,
+    release_timing,
+    time_rtf,
 )
 from qattn.book.experiments.speech_enhancement.training import train_one, training_batches, validation_batch
 from qattn.book.models.blocks import count_parameters
@@ -54,7 +71,8 @@ def run(
         corpus = load_speech_corpus(corpus_cfg)
         metrics["wall_s"]["corpus"] = time.perf_counter() - t0
         metrics["corpus"] = {
-            "config": corpus_cfg.to_dict(), "cache_key": corpus_cfg.cache_key(),
+            "config": corpus_cfg.to_dict(),
+            "cache_key": corpus_cfg.cache_key(),
             "sizes": {s: len(corpus.split(s)) for s in ("train", "valid", "test")},
             "seconds": {s: corpus.split(s).seconds() for s in ("train", "valid", "test")},
             "unseen_test_noises": list(corpus_cfg.unseen_test_noises()),
@@ -91,15 +109,20 @@ def run(
                 t_eval += time.perf_counter() - t0
                 training.setdefault(variant, []).append({"seed": seed, **hist})
                 per_seed.setdefault(variant, []).append({"seed": seed, **scores})
-                log(f"[speech] {variant} seed {seed}: PESQ {scores['pesq']:.3f}, STOI {scores['stoi']:.3f}, SI-SDR {scores['si_sdr']:.2f} dB ({hist['wall_s']:.0f} s)")
+                log(
+                    f"[speech] {variant} seed {seed}: PESQ {scores['pesq']:.3f}, STOI {scores['stoi']:.3f}, "
+                    f"SI-SDR {scores['si_sdr']:.2f} dB ({hist['wall_s']:.0f} s)"
+                )
                 if k == 0:
                     best_models[variant] = model
                     for i in range(min(cfg.n_examples, n_test)):
                         examples[f"{variant}/{i}"] = enhanced[i]
                     if save is not None:
                         (save / "speech_models").mkdir(parents=True, exist_ok=True)
-                        torch.save({"config": model_config(cfg.model, variant).to_dict(), "state_dict": model.state_dict()},
-                                   save / "speech_models" / f"{variant}.pt")
+                        torch.save(
+                            {"config": model_config(cfg.model, variant).to_dict(), "state_dict": model.state_dict()},
+                            save / "speech_models" / f"{variant}.pt",
+                        )
         metrics["wall_s"]["train"] = t_train
         metrics["wall_s"]["evaluate"] = t_eval
         metrics["training"] = training
@@ -109,7 +132,11 @@ def run(
         # divergence ----------------------------------------------------------------------------
         t0 = time.perf_counter()
         div_wave = np.resize(noisy_test[0], int(cfg.divergence_s * 16000)).astype(np.float32)
-        metrics["divergence"] = {v: component_divergence(m, div_wave, cfg.divergence_sequences) for v, m in best_models.items() if VARIANTS[v]["kind"] == "quaternion"}
+        metrics["divergence"] = {
+            v: component_divergence(m, div_wave, cfg.divergence_sequences)
+            for v, m in best_models.items()
+            if VARIANTS[v]["kind"] == "quaternion"
+        }
         if save is not None:
             save_maps(best_models, div_wave, save)
         metrics["wall_s"]["divergence"] = time.perf_counter() - t0
@@ -132,7 +159,11 @@ def run(
         timed: dict[str, nn.Module] = {v: m for v, m in best_models.items() if VARIANTS[v]["kind"] == "quaternion"}
         longest = max(cfg.timing_lengths)
         metrics["attention_share_trained"] = {v: attention_share(m, longest) for v, m in timed.items()}
-        maps_lengths = [L for L in cfg.timing_lengths if 2 * maps_bytes(model_config(cfg.model, "qtransformer_hamilton"), L) <= cfg.maps_limit_gb * 2**30]
+        maps_lengths = [
+            L
+            for L in cfg.timing_lengths
+            if 2 * maps_bytes(model_config(cfg.model, "qtransformer_hamilton"), L) <= cfg.maps_limit_gb * 2**30
+        ]
         rows = time_rtf(timed, [L for L in cfg.timing_lengths if L not in maps_lengths], cfg.timing_warmup, cfg.timing_repeats, cfg.seed)
         with_maps = {**timed, **{f"{v}_maps": MaterialisedMaps(m) for v, m in timed.items() if VARIANTS[v]["score"] == "hamilton"}}
         rows += time_rtf(with_maps, maps_lengths, cfg.timing_warmup, cfg.timing_repeats, cfg.seed)
@@ -175,19 +206,42 @@ def headline(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
         h = _rtf_row(metrics.get("rtf_trained", []), f"{family}_hamilton", longest)
         s = _rtf_row(metrics.get("rtf_trained", []), f"{family}_shared", longest)
         if h and s:
-            rows.append(entry(f"{family} (trained, narrow) CPU RTF reduction % at {longest} s", round(100 * (1 - s / h), 2), tolerance=0.5, kind="ratio"))
+            rows.append(
+                entry(
+                    f"{family} (trained, narrow) CPU RTF reduction % at {longest} s",
+                    round(100 * (1 - s / h), 2),
+                    tolerance=0.5,
+                    kind="ratio",
+                )
+            )
         hm = _rtf_row(metrics.get("rtf_trained", []), f"{family}_hamilton_maps", longest)
         if hm and s:
-            rows.append(entry(f"{family} (trained, narrow) CPU RTF reduction % at {longest} s vs Hamilton with materialised maps",
-                              round(100 * (1 - s / hm), 2), tolerance=0.5, kind="ratio", paper=PAPER_RTF[family]["cpu"][2]))
+            rows.append(
+                entry(
+                    f"{family} (trained, narrow) CPU RTF reduction % at {longest} s vs Hamilton with materialised maps",
+                    round(100 * (1 - s / hm), 2),
+                    tolerance=0.5,
+                    kind="ratio",
+                    paper=PAPER_RTF[family]["cpu"][2],
+                )
+            )
     release = metrics.get("release")
     if release:
         for family in ("qtransformer", "qconformer"):
-            row = [r for r in release["composed"] if r["family"] == family and r["seconds"] == max(x["seconds"] for x in release["composed"])][0]
+            row = [
+                r for r in release["composed"] if r["family"] == family and r["seconds"] == max(x["seconds"] for x in release["composed"])
+            ][0]
             value = row.get("reduction_direct_pct", row["reduction_pct"])
             how = "measured" if "reduction_direct_pct" in row else "composed"
-            rows.append(entry(f"{family} (release size, {how}) CPU RTF reduction % at {row['seconds']} s", round(value, 2),
-                              tolerance=0.5, kind="ratio", paper=PAPER_RTF[family]["cpu"][2]))
+            rows.append(
+                entry(
+                    f"{family} (release size, {how}) CPU RTF reduction % at {row['seconds']} s",
+                    round(value, 2),
+                    tolerance=0.5,
+                    kind="ratio",
+                    paper=PAPER_RTF[family]["cpu"][2],
+                )
+            )
         for name, n in release["params"].items():
             rows.append(entry(f"release-size parameters, {name}", n, tolerance=0.05, kind="relative", paper=PAPER_PARAMS[name]))
     for v, d in metrics.get("divergence", {}).items():

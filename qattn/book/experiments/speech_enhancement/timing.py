@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from qattn.attention import QuaternionMultiheadAttention
+from qattn.book.experiments.speech_enhancement.config import FREQ_BOTTLENECK, VARIANTS, SpeechExperimentConfig, model_config
 from qattn.book.harness.memory import peak_memory as probe_peak_memory
 from qattn.book.harness.timing import summary, time_interleaved
-from qattn.book.experiments.speech_enhancement.config import FREQ_BOTTLENECK, VARIANTS, SpeechExperimentConfig, model_config
 from qattn.book.models.speech import HOP, SpeechEnhancer, SpeechModelConfig, count_parameters, release_config
 
 
@@ -67,7 +67,9 @@ def memory_workload(model: dict[str, Any], seconds: float, materialise_maps: boo
     return forward
 
 
-def peak_memory(model_cfg: SpeechModelConfig, seconds: float, threads: int = 2, materialise_maps: bool = False, timeout: float = 600) -> dict[str, Any]:
+def peak_memory(
+    model_cfg: SpeechModelConfig, seconds: float, threads: int = 2, materialise_maps: bool = False, timeout: float = 600
+) -> dict[str, Any]:
     """Peak extra resident memory (bytes) of one whole-model forward at batch 1, in a fresh process.
 
     Weights are random (memory does not depend on them). Returns ``{"ok", "peak_bytes", "time_s"}``
@@ -90,12 +92,20 @@ def time_rtf(models: dict[str, nn.Module], lengths: list[float], warmup: int, re
         fns = {}
         for name, model in models.items():
             model.eval()
-            fns[name] = (lambda m=model: m(wave))
+            fns[name] = lambda m=model: m(wave)
         with torch.inference_mode():
             timed = summary(time_interleaved(fns, repeats=repeats, warmup=warmup if i == 0 else 0))
         for name, t in timed.items():
-            rows.append({"model": name, "seconds": seconds, **t, "rtf": t["median_s"] / seconds,
-                         "rtf_min": t["min_s"] / seconds, "rtf_max": t["max_s"] / seconds})
+            rows.append(
+                {
+                    "model": name,
+                    "seconds": seconds,
+                    **t,
+                    "rtf": t["median_s"] / seconds,
+                    "rtf_min": t["min_s"] / seconds,
+                    "rtf_max": t["max_s"] / seconds,
+                }
+            )
     return rows
 
 
@@ -145,7 +155,9 @@ def release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> d
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        mhas = {s: QuaternionMultiheadAttention(rel.d_model, rel.num_heads, score=s, batch_first=True).eval() for s in ("hamilton", "shared")}
+        mhas = {
+            s: QuaternionMultiheadAttention(rel.d_model, rel.num_heads, score=s, batch_first=True).eval() for s in ("hamilton", "shared")
+        }
     attn_time: dict[tuple[str, float], float] = {}
     for i, seconds in enumerate(cfg.timing_lengths):
         t = int(round(seconds * 16000)) // HOP + 1
@@ -153,11 +165,13 @@ def release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> d
         x_freq = torch.randn(t, FREQ_BOTTLENECK, rel.d_model, generator=gen)
         fns: dict[str, Callable[[], Any]] = {}
         for s, mha in mhas.items():
-            fns[s] = (lambda m=mha: (m(x_time, x_time, x_time, need_weights=False), m(x_freq, x_freq, x_freq, need_weights=False)))
+            fns[s] = lambda m=mha: (m(x_time, x_time, x_time, need_weights=False), m(x_freq, x_freq, x_freq, need_weights=False))
         need = 2 * maps_bytes(rel, seconds)  # the maps and their scores
         if need <= cfg.maps_limit_gb * 2**30:
-            fns["hamilton_maps"] = (lambda m=mhas["hamilton"]: (m(x_time, x_time, x_time, average_attn_weights=False),
-                                                               m(x_freq, x_freq, x_freq, average_attn_weights=False)))
+            fns["hamilton_maps"] = lambda m=mhas["hamilton"]: (
+                m(x_time, x_time, x_time, average_attn_weights=False),
+                m(x_freq, x_freq, x_freq, average_attn_weights=False),
+            )
         else:
             out["maps_skipped"].append({"seconds": seconds, "needs_gb": need / 2**30, "limit_gb": cfg.maps_limit_gb})
         with torch.inference_mode():
@@ -182,7 +196,10 @@ def release_timing(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> d
             timed = summary(time_interleaved({s: (lambda m=m: m(wave)) for s, m in models.items()}, repeats=cfg.release_whole_repeats))
         for s, row in timed.items():
             out["whole"].append({"family": family, "score": s, "seconds": whole_s, **row, "rtf": row["median_s"] / whole_s})
-        log(f"  release {family} whole model at {whole_s} s: hamilton {timed['hamilton']['median_s']:.2f} s, shared {timed['shared']['median_s']:.2f} s")
+        log(
+            f"  release {family} whole model at {whole_s} s: hamilton {timed['hamilton']['median_s']:.2f} s, "
+            f"shared {timed['shared']['median_s']:.2f} s"
+        )
         rest = timed["shared"]["median_s"] - attn_time.get(("shared", whole_s), 0.0)
         for seconds in cfg.timing_lengths:
             row = {"family": family, "seconds": seconds}

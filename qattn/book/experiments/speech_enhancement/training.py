@@ -22,7 +22,7 @@ def _crop(x: np.ndarray, n: int, rng: np.random.Generator) -> tuple[int, np.ndar
     if len(x) < n:  # shorter clips are tiled, as in the release
         x = np.tile(x, n // len(x) + 1)
     start = int(rng.integers(len(x) - n + 1))
-    return start, x[start:start + n]
+    return start, x[start : start + n]
 
 
 def training_batches(split: SpeechSplit, steps: int, batch: int, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -34,7 +34,7 @@ def training_batches(split: SpeechSplit, steps: int, batch: int, n: int, seed: i
         for i in rng.integers(len(split), size=batch):
             start, c = _crop(split.clean[i], n, rng)
             tiled = np.tile(split.noisy[i], n // len(split.noisy[i]) + 1) if len(split.noisy[i]) < n else split.noisy[i]
-            noisy.append(tiled[start:start + n])
+            noisy.append(tiled[start : start + n])
             clean.append(c)
         out.append((torch.from_numpy(np.stack(noisy)), torch.from_numpy(np.stack(clean))))
     return out
@@ -55,7 +55,12 @@ def _valid_si_sdr(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) ->
 
 
 def train_one(
-    cfg: SpeechExperimentConfig, variant: str, seed: int, batches: list, valid: tuple[torch.Tensor, torch.Tensor], log: Callable[[str], None]
+    cfg: SpeechExperimentConfig,
+    variant: str,
+    seed: int,
+    batches: list,
+    valid: tuple[torch.Tensor, torch.Tensor],
+    log: Callable[[str], None],
 ) -> tuple[SpeechEnhancer, dict[str, Any]]:
     """Train ``variant`` on ``batches`` (:func:`~qattn.book.harness.training.fit`: AdamW, warm-up
     then constant or cosine, clipping, dropout from ``seed + 1000``); keep the state with the best
@@ -67,9 +72,16 @@ def train_one(
     model = build_model(cfg.model, variant, seed)
     params = count_parameters(model)
     loop = LoopConfig(
-        steps=len(batches), lr=cfg.lr, optimizer="adamw", weight_decay=0.01, betas=cfg.betas,  # torch's AdamW default decay
-        warmup_steps=cfg.warmup_steps, decay="cosine" if cfg.cosine_decay else "constant", grad_clip=cfg.clip_norm,
-        validate_at=every(len(batches), cfg.valid_every), dropout_seed=seed + 1000,
+        steps=len(batches),
+        lr=cfg.lr,
+        optimizer="adamw",
+        weight_decay=0.01,
+        betas=cfg.betas,  # torch's AdamW default decay
+        warmup_steps=cfg.warmup_steps,
+        decay="cosine" if cfg.cosine_decay else "constant",
+        grad_clip=cfg.clip_norm,
+        validate_at=every(len(batches), cfg.valid_every),
+        dropout_seed=seed + 1000,
     )
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
@@ -77,8 +89,16 @@ def train_one(
         terms = total_loss(model(noisy), clean)
         return StepLoss(terms["total"], terms={k: v for k, v in terms.items() if k != "total"})
 
-    result = fit(model, batches, loss_fn, lambda m: {"valid_si_sdr": _valid_si_sdr(m, valid)}, loop,
-                 select="valid_si_sdr", log=log, name=f"{variant} seed {seed}")
+    result = fit(
+        model,
+        batches,
+        loss_fn,
+        lambda m: {"valid_si_sdr": _valid_si_sdr(m, valid)},
+        loop,
+        select="valid_si_sdr",
+        log=log,
+        name=f"{variant} seed {seed}",
+    )
     history: dict[str, Any] = {
         "loss": result.step_losses,
         "terms": result.step_terms,

@@ -100,16 +100,6 @@ class NLPConfig(ExperimentConfig):
     timing_rounds: int = 7
     threads: int | None = 2
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_fraction=self.warmup_fraction,
-            checkpoints=self.checkpoints,
-        )
-
 
 PROFILES = NLPConfig.PROFILES
 
@@ -180,7 +170,7 @@ def _task(cfg: NLPConfig, task: str, variants: tuple[str, ...], n_seeds: int, tr
         train,
         val,
         test,
-        cfg.train_config(),
+        TrainConfig.of(cfg),
         probe=probe,
         probe_query_mask=probe[1],
         collate=trim_padding,

@@ -92,16 +92,6 @@ class VisionConfig(ExperimentConfig):
     timing_rounds: int = 7
     threads: int | None = 2
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_fraction=self.warmup_fraction,
-            checkpoints=self.checkpoints,
-        )
-
 
 PROFILES = VisionConfig.PROFILES
 
@@ -169,7 +159,7 @@ def _run(cfg: VisionConfig) -> dict[str, Any]:
         train,
         val,
         test,
-        cfg.train_config(),
+        TrainConfig.of(cfg),
         probe=probe,
         timing_inputs=timing,
         timing_rounds=cfg.timing_rounds,

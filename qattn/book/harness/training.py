@@ -21,7 +21,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import torch
@@ -73,6 +73,18 @@ class TrainConfig:
     checkpoints: int = 6
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
+
+    @classmethod
+    def of(cls, config: Any) -> TrainConfig:
+        """The training settings held by an experiment's config: every field of this class that
+        ``config`` has (by name), the defaults for the rest.
+
+        >>> from types import SimpleNamespace
+        >>> config = TrainConfig.of(SimpleNamespace(epochs=3, lr=1e-3, width=64))
+        >>> config.epochs, config.lr, config.batch_size == TrainConfig.batch_size
+        (3, 0.001, True)
+        """
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,25 @@ def execute_notebook(stem: str, profile: Profile, results_dir: Path) -> float:
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
             stdout_file=ProgressEcho(log),
         )
+    fold_code(GENERATED / f"{stem}.ipynb")
     return time.perf_counter() - start
+
+
+FOLD_TAG = "hide-input"
+
+
+def fold_code(path: Path) -> None:
+    """Fold every code cell of an executed notebook behind a toggle (tag ``hide-input``): the page
+    shows the narrative, tables and figures; the code is one click away."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tags = cell.metadata.setdefault("tags", [])
+            if FOLD_TAG not in tags:
+                tags.append(FOLD_TAG)
+    nbformat.write(nb, path)
 
 
 def report_failure(stem: str, err: Exception) -> None:

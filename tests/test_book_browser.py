@@ -164,3 +164,94 @@ def test_the_book_has_pages_with_math():
     """The math check above must actually bite: the introduction carries display math."""
     assert "intro.html" in book_pages()
     assert 'class="math' in (HTML / "intro.html").read_text()
+
+
+# -- the reader's test: what a reader sees is rendered ---------------------------------------------
+
+READER_DEFECTS = """
+const skip = (node) => node.parentElement && node.parentElement.closest(
+  'pre, code, script, style, textarea, mjx-container, .highlight, .cell_input, details.hide');
+const rawTable = /\\|\\s*:?-{3,}:?\\s*\\||(^|\\n)\\s*\\|[^|\\n]+\\|[^|\\n]+\\|/;
+const rawMath = /(^|[^\\\\$])\\$[^$\\s][^$\\n]*\\$|\\$\\$[^$]+\\$\\$/;
+const found = {rawTables: [], rawMath: []};
+const blocks = new Set();
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+  if (skip(node)) continue;
+  const block = node.parentElement.closest('p, li, td, th, div, span') || node.parentElement;
+  blocks.add(block);
+}
+for (const block of blocks) {
+  const text = Array.from(block.childNodes).filter(n => n.nodeType === Node.TEXT_NODE).map(n => n.textContent).join('')
+    || (block.children.length === 0 ? block.textContent : '');
+  if (rawTable.test(text)) found.rawTables.push(text.trim().slice(0, 120));
+  if (rawMath.test(text)) found.rawMath.push(text.trim().slice(0, 120));
+}
+found.tables = document.querySelectorAll('main table, article table, table').length;
+return found;
+"""
+
+AUDIO_STATE = """
+const done = arguments[arguments.length - 1];
+const players = Array.from(document.querySelectorAll('audio'));
+const state = (a) => ({src: (a.currentSrc || a.src || '').slice(0, 40), ready: a.readyState, duration: a.duration,
+                       error: a.error ? a.error.code : null});
+Promise.all(players.map(a => new Promise(resolve => {
+  if (a.readyState >= 1 || a.error) { resolve(); return; }
+  a.addEventListener('loadedmetadata', resolve, {once: true});
+  a.addEventListener('error', resolve, {once: true});
+  a.preload = 'metadata'; a.load();
+  setTimeout(resolve, 10000);
+}))).then(() => done(players.map(state)));
+"""
+
+
+def reader_defects(browser) -> dict:
+    """Raw markdown tables and unrendered ``$...$`` in the visible text of the loaded page (after MathJax)."""
+    browser.execute_async_script(WAIT_FOR_MATH)
+    return browser.execute_script(READER_DEFECTS)
+
+
+def test_the_reader_check_catches_a_raw_table_and_raw_math(browser, tmp_path):
+    """Negative control: a page with a planted raw table and raw TeX fails the reader's check;
+    the same content as HTML passes."""
+    bad = tmp_path / "planted.html"
+    bad.write_text(
+        "<html><head><title>planted</title></head><body><main>"
+        "<p>| model | PESQ |<br>|---|---|<br>| shared | 1.46 |</p><p>The gain is $\\Delta = 0.1$ here.</p>"
+        "</main></body></html>"
+    )
+    browser.get(bad.as_uri())
+    found = reader_defects(browser)
+    assert found["rawTables"] and found["rawMath"], found
+    good = tmp_path / "good.html"
+    good.write_text(
+        "<html><head><title>good</title></head><body><main><table><tr><th>model</th><th>PESQ</th></tr>"
+        "<tr><td>shared</td><td>1.46</td></tr></table><p>The price is 5 $ or | not a table.</p></main></body></html>"
+    )
+    browser.get(good.as_uri())
+    found = reader_defects(browser)
+    assert not found["rawTables"] and not found["rawMath"] and found["tables"] == 1, found
+
+
+@pytest.mark.parametrize("page", [p for p in book_pages() if p.startswith(("generated/", "intro"))])
+def test_a_reader_sees_rendered_tables_math_and_audio(browser, server, page):
+    """What a reader sees: no raw ``| ... |`` tables or raw ``$...$`` in the text, and every audio
+    player loads a clip with a duration."""
+    browser.get(server + page)
+    found = reader_defects(browser)
+    assert not found["rawTables"], f"raw markdown tables on {page}: {found['rawTables'][:3]}"
+    assert not found["rawMath"], f"unrendered math on {page}: {found['rawMath'][:3]}"
+    players = browser.execute_async_script(AUDIO_STATE)
+    bad = [p for p in players if p["error"] is not None or not (p["duration"] and p["duration"] > 0)]
+    assert not bad, f"audio players on {page} that do not load: {bad}"
+
+
+def test_chapters_that_print_tables_show_html_tables(browser, server):
+    """The tables the report and the chapters print arrive as <table> elements."""
+    for page in ("generated/reproduction_report.html", "generated/speech_enhancement.html", "generated/vqa.html"):
+        browser.get(server + page)
+        assert browser.execute_script(READER_DEFECTS)["tables"] > 0, f"{page} shows no HTML table"
+    browser.get(server + "generated/speech_enhancement.html")
+    players = browser.execute_async_script(AUDIO_STATE)
+    assert players, "the speech chapter shows no audio player"

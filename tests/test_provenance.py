@@ -139,3 +139,69 @@ def test_a_notebook_and_its_executed_copy_have_the_same_code_version(tmp_path):
     nb.cells[1].source = "print(2)"
     nbformat.write(nb, source)
     assert code_version([source]) != code_version([executed])
+
+
+def _edit(path, text="\n# an edit\n"):
+    path.write_text(path.read_text() + text)
+
+
+def test_a_chapter_version_covers_exactly_what_its_computation_imports(tmp_path):
+    """Per-chapter code versions: an edit in a module the chapter's experiment imports (directly or
+    through others) or in its computation cells changes the version; an edit elsewhere in the
+    project, in a bookkeeping module or in the notebook's later cells does not."""
+    import json
+    import shutil
+
+    from qattn.book.provenance import SOURCE_DIR
+
+    root = SOURCE_DIR.parent
+    for folder in ("qattn", "proofs"):
+        shutil.copytree(root / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    notebook = tmp_path / "vision.ipynb"
+    shutil.copy(root / "notebooks" / "vision.ipynb", notebook)
+    source = tmp_path / "qattn"
+
+    def version():
+        return code_version([notebook], source_dir=source)
+
+    base = version()
+    assert base == code_version([notebook], source_dir=source)  # deterministic
+    for unrelated in ("book/experiments/vqa.py", "book/models/speech.py", "book/report.py", "book/provenance.py", "book/paths.py"):
+        _edit(source / unrelated)
+        assert version() == base, f"editing {unrelated} changed the vision chapter's version"
+    nb = json.loads(notebook.read_text())
+    last_code = [c for c in nb["cells"] if c["cell_type"] == "code"][-1]
+    last_code["source"] = ["# a plot tweak\n", *last_code["source"]]
+    notebook.write_text(json.dumps(nb))
+    assert version() == base, "a cell after the computation changed the version"
+    for imported in (
+        "book/experiments/vision.py",
+        "book/models/vit.py",
+        "book/harness/training.py",
+        "attention/hamilton.py",
+        "quaternion.py",
+    ):
+        before = version()
+        _edit(source / imported)
+        assert version() != before, f"editing {imported}, which the vision experiment imports, kept the version"
+    before = version()
+    run_cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and "run_cached(" in "".join(c["source"]))
+    run_cell["source"] = [*run_cell["source"], "\n# changed\n"]
+    notebook.write_text(json.dumps(nb))
+    assert version() != before, "editing the cell that runs the experiment kept the version"
+
+
+def test_theory_chapters_cover_the_proofs(tmp_path):
+    import shutil
+
+    from qattn.book.provenance import SOURCE_DIR
+
+    root = SOURCE_DIR.parent
+    for folder in ("qattn", "proofs"):
+        shutil.copytree(root / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    notebook = root / "notebooks" / "theory_counts.ipynb"
+    before = code_version([notebook], source_dir=tmp_path / "qattn")
+    _edit(tmp_path / "proofs" / "interaction_subspace.py")  # another proof: unrelated
+    assert code_version([notebook], source_dir=tmp_path / "qattn") == before
+    _edit(tmp_path / "proofs" / "counts.py")
+    assert code_version([notebook], source_dir=tmp_path / "qattn") != before

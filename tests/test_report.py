@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from qattn.book.report import collect_headlines, compare, headline, load_results, to_markdown, within
+from qattn.book.headline import headline
+from qattn.book.report import collect_headlines, compare, load_results, to_markdown, within
 
 
 def write(directory: Path, name: str, headlines: list[dict], **extra) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import qattn
+from qattn.book.imports import project_files
 
 __all__ = ["collect_provenance", "code_version", "write_json_atomic", "read_json", "run_cached"]
 
@@ -60,31 +61,61 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+#: Modules that decide where and whether a result is stored, never what it is: left out of a
+#: chapter's code version (with what only they import), so that bookkeeping changes keep results valid.
+BOOKKEEPING_MODULES = ("qattn.book.provenance", "qattn.book.paths", "qattn.book.imports")
+
+
+def _code_cells(path: Path) -> list[str]:
+    """The sources of a notebook's code cells up to and including the first that calls
+    ``run_cached`` (all of them if none does): the cells its computation can depend on. The cell
+    papermill injects (tagged ``injected-parameters``) is left out."""
+    cells = []
+    for cell in json.loads(path.read_text()).get("cells", []):
+        if cell.get("cell_type") != "code" or "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            continue
+        source = "".join(cell.get("source", ""))
+        cells.append(source)
+        if "run_cached(" in source:
+            break
+    return cells
+
+
 def _content(path: Path) -> bytes:
     """What counts as code in a file: all of it, except for a notebook (see :func:`code_version`)."""
     if path.suffix != ".ipynb":
         return path.read_bytes()
-    cells = json.loads(path.read_text()).get("cells", [])
-    kept = [
-        [cell.get("cell_type"), "".join(cell.get("source", ""))]
-        for cell in cells
-        if "injected-parameters" not in cell.get("metadata", {}).get("tags", [])
-    ]
-    return json.dumps(kept).encode()
+    return json.dumps(_code_cells(path)).encode()
 
 
-def code_version(extra_files: Iterable[str | Path] = ()) -> str:
-    """SHA-256 (first 16 hex digits) of every ``qattn/**/*.py`` file plus ``extra_files`` (e.g. the notebook).
+def code_version(extra_files: Iterable[str | Path] = (), source_dir: Path = SOURCE_DIR) -> str:
+    """SHA-256 (first 16 hex digits) of the code a result is computed with.
 
-    A notebook counts by the sources of its cells only: outputs, execution counts, metadata and the
-    cell papermill injects (tagged ``injected-parameters``) are left out, so a notebook and its
-    executed copy (``book/generated/``, where nbval re-runs it) have the same code version.
+    With a notebook among ``extra_files`` (a chapter), the version covers exactly the chapter's
+    computation: the notebook's code cells up to and including the one that calls
+    :func:`run_cached`, and every project source file (``qattn``, ``proofs``) those cells reach
+    through imports (:func:`qattn.book.imports.project_files`), bookkeeping modules
+    (:data:`BOOKKEEPING_MODULES`) aside. A change anywhere else in the project, or in the
+    notebook's later cells (plots, tables, prose), leaves the version, and the stored result, valid.
+    Without a notebook it covers every ``qattn/**/*.py`` file plus ``extra_files``.
+    ``source_dir`` is the ``qattn`` package folder whose project is hashed (default: this one).
+
+    A notebook counts by the sources of those cells only: outputs, execution counts, metadata and
+    the cell papermill injects are left out, so a notebook and its executed copy
+    (``book/generated/``, where nbval re-runs it) have the same code version.
     """
     digest = hashlib.sha256()
-    root = SOURCE_DIR.parent
-    files = sorted(SOURCE_DIR.rglob("*.py")) + [Path(f) for f in extra_files]
-    for f in files:
-        digest.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
+    root = source_dir.parent
+    extra = [Path(f) for f in extra_files]
+    notebooks = [f for f in extra if f.suffix == ".ipynb"]
+    if notebooks:
+        cells = [c for nb in notebooks for c in _code_cells(nb)]
+        project = sorted(project_files(cells, root, skip=BOOKKEEPING_MODULES))
+    else:
+        project = sorted(source_dir.rglob("*.py"))
+    for f in project + extra:
+        name = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name
+        digest.update(name.encode())
         digest.update(_content(f))
     return digest.hexdigest()[:16]
 

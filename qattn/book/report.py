@@ -2,7 +2,7 @@
 
 An experiment declares the numbers that matter in its results JSON (written by
 :func:`qattn.book.provenance.run_cached`) under ``metrics["headline"]``, a list of entries built with
-:func:`headline`::
+:func:`qattn.book.headline.headline`::
 
     {"name": "shared-score terms", "value": 64, "paper": 64, "tolerance": 0, "kind": "exact"}
 
@@ -22,6 +22,7 @@ shown but not judged.
 
 Example
 -------
+>>> from qattn.book.headline import headline
 >>> h = headline("softmax maps per head", 1, tolerance=0, kind="exact", paper=1)
 >>> row = compare_one("counts", h, reference=h, same_profile=True)
 >>> (row.value, row.target, row.holds)
@@ -38,12 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from qattn.book import paths
+from qattn.book.headline import KINDS
 from qattn.book.provenance import read_json
 
 __all__ = [
-    "KINDS",
     "Row",
-    "headline",
     "within",
     "load_results",
     "collect_headlines",
@@ -53,8 +53,6 @@ __all__ = [
     "provenance_markdown",
     "reference_dir_for",
 ]
-
-KINDS = ("exact", "relative", "ratio")
 
 
 def reference_dir_for(profile: str) -> Path:
@@ -66,74 +64,6 @@ def reference_dir_for(profile: str) -> Path:
     ('results', 'ci')
     """
     return paths.reference_dir(profile)
-
-
-class _Unstated:
-    """The default of :func:`headline`'s ``paper``: left out, the entry has no ``paper`` key."""
-
-    def __repr__(self) -> str:
-        return "<not stated>"
-
-
-_UNSTATED: Any = _Unstated()
-
-TARGET_OPS = ("<=", ">=")
-
-
-def headline(
-    name: str,
-    value: float,
-    tolerance: float,
-    kind: str = "exact",
-    paper: float | None = _UNSTATED,
-    note: str | None = None,
-    target: tuple[str, float] | None = None,
-) -> dict[str, Any]:
-    """Build one headline entry for ``metrics["headline"]`` (the one schema of every chapter).
-
-    Parameters
-    ----------
-    name : str
-        What the number is, unique within its experiment (e.g. ``"PESQ, shared score"``).
-    value : float
-        This run's value (a ratio for timings).
-    tolerance : float
-        Absolute tolerance for ``kind="exact"``, relative tolerance otherwise.
-    kind : {"exact", "relative", "ratio"}
-        How the value is compared with its target.
-    paper : float or None, optional
-        The paper's value where it is comparable with ours; ``None`` records that the paper has
-        no comparable number (stored as ``null``); left out, the entry has no ``paper`` key.
-    note : str, optional
-        How to read the number (stored as ``note`` when given).
-    target : (op, threshold), optional
-        The chapter's own declared target, ``op`` in ``"<="``/``">="`` (e.g. ``("<=", 1.10)``);
-        stored as ``target_op``, ``target`` and ``target_met`` (whether ``value op threshold``).
-        It is shown beside the number; the report still judges ``value`` against its reference.
-
-    Returns
-    -------
-    dict
-        A JSON-serialisable entry: ``name, value, tolerance, kind`` and the optional keys given.
-
-    >>> headline("t", 1.2, 0.5, "ratio", target=("<=", 1.1))["target_met"]
-    False
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
-        raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}")
-    entry: dict[str, Any] = {"name": name, "value": value, "tolerance": tolerance, "kind": kind}
-    if paper is not _UNSTATED:
-        entry["paper"] = paper
-    if note is not None:
-        entry["note"] = note
-    if target is not None:
-        op, threshold = target
-        if op not in TARGET_OPS:
-            raise ValueError(f"target must be (op, threshold) with op in {TARGET_OPS}, got {target!r}")
-        entry.update(target_op=op, target=threshold, target_met=bool(value <= threshold if op == "<=" else value >= threshold))
-    return entry
 
 
 def within(value: float, target: float, tolerance: float, kind: str) -> bool:

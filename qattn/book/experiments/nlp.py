@@ -29,13 +29,13 @@ import torch
 from torch import Tensor
 
 from qattn.book.data.common import stratified_split
-from qattn.book.data.tweets import Tokenizer, Tweets, load_tweets, split_tweets
+from qattn.book.data.tweets import Tokenizer, Tweets, load_tweets, split_tweets, tokenize
 from qattn.book.experiments.classification import compare_variants
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.training import Split, TrainConfig, torch_threads
+from qattn.book.headline import headline
 from qattn.book.models.blocks import VARIANTS
 from qattn.book.models.text import build_text_model
-from qattn.book.report import headline
 
 __all__ = ["NLPConfig", "PROFILES", "config_for", "run", "PAPER_SST2", "trim_padding"]
 
@@ -187,6 +187,12 @@ def _task(cfg: NLPConfig, task: str, variants: tuple[str, ...], n_seeds: int, tr
         "vocabulary": len(tokenizer),
         "majority_test_accuracy": max(counts["test"]) / sum(counts["test"]),
         "unknown_token_rate_test": float(np.mean([i == Tokenizer.UNK for t in test_t.texts for i in tokenizer.ids(t)[1:]])),
+    }
+    lengths = np.array([1 + len(tokenize(t)) for t in train_t.texts])  # with <cls>, before the cut
+    metrics["data"]["tokens_train"] = {
+        "median": float(np.median(lengths)),
+        "max": int(lengths.max()),
+        "cut_fraction": float(np.mean(lengths > cfg.max_len)),
     }
     metrics["examples"] = _attention_examples(models, tokenizer, val_t, tweets.classes)
     return metrics

@@ -54,7 +54,7 @@ from qattn.attention.hamilton import hamilton_scores_reference
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.memory import peak_memory
 from qattn.book.harness.timing import summary, time_interleaved
-from qattn.book.report import headline as report_headline
+from qattn.book.headline import headline as report_headline
 
 __all__ = [
     "BenchConfig",
@@ -492,7 +492,7 @@ def headline(timings: list[dict[str, Any]], memory: list[dict[str, Any]], longes
 
     The paper's numbers (−58.1 % CPU, −44.3 % GPU real-time factor) are whole-model timings of a
     speech enhancer, not of one attention layer: they are shown beside ours, never used as a target.
-    Every entry is built by :func:`qattn.book.report.headline`: kind "ratio" (compared with the
+    Every entry is built by :func:`qattn.book.headline.headline`: kind "ratio" (compared with the
     committed reference at 50 % tolerance: timing ratios move between machines) and the chapter's
     own target (stored as ``target_op``, ``target``, ``target_met``).
     """

@@ -31,9 +31,9 @@ from qattn.book.data.fashion_mnist import CLASSES, load_fashion_mnist, train_val
 from qattn.book.experiments.classification import compare_variants
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.training import Split, TrainConfig, torch_threads
+from qattn.book.headline import headline
 from qattn.book.models.blocks import VARIANTS
 from qattn.book.models.vit import build_vit
-from qattn.book.report import headline
 
 __all__ = ["VisionConfig", "PROFILES", "config_for", "run", "PAPER_CIFAR100"]
 

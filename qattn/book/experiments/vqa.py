@@ -35,9 +35,9 @@ from qattn.book.data.vqa import RELATIONAL_TYPES, VQASet, load_easy_vqa, make_so
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.timing import summary, time_interleaved
 from qattn.book.harness.training import LoopConfig, StepLoss, fit
+from qattn.book.headline import headline
 from qattn.book.models.blocks import count_parameters
 from qattn.book.models.vqa import VQAConfig, VQAModel
-from qattn.book.report import headline
 from qattn.metrics import mean_pairwise_js
 
 __all__ = ["VARIANTS", "VQAExperimentConfig", "config_for", "build_model", "train_variant", "run"]

@@ -189,8 +189,8 @@ def run(
 
 
 def headline(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Headline entries (qattn.book.report format). Quality numbers have no paper target: different corpus."""
-    from qattn.book.report import headline as entry
+    """Headline entries (qattn.book.headline format). Quality numbers have no paper target: different corpus."""
+    from qattn.book.headline import headline as entry
 
     rows = []
     test = metrics["test"]

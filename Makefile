@@ -3,7 +3,7 @@ PY := .venv/bin/python
 
 PROFILE ?= full
 
-.PHONY: setup test book lock clean
+.PHONY: setup test book reference lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,12 @@ test: setup
 # Execute every notebook of the book with papermill at PROFILE (full or ci) and build the HTML.
 book: setup
 	$(PY) scripts/build_book.py --profile $(PROFILE)
+
+# Recompute one chapter at the full profile and store it as its committed reference (results/).
+reference: setup
+	@test -n "$(CHAPTER)" || { echo "usage: make reference CHAPTER=<slug> (a notebook stem, e.g. vision)"; exit 2; }
+	FRESH=1 $(PY) scripts/build_book.py --profile full --only $(CHAPTER)
+	$(PY) scripts/save_reference.py --profile full --only $(CHAPTER)
 
 # Re-pin every transitive dependency after changing requirements.txt.
 lock: setup

@@ -19,8 +19,10 @@ Usage (through the Makefile: ``make book`` or ``make book PROFILE=ci``)::
 3. Builds HTML with Jupyter Book 1.x, strict (``-W --keep-going``), execution off, and prints the
    path of ``index.html``.
 
-``FRESH=1`` in the environment makes every experiment re-run instead of reusing results of the
-same config and code version (see :mod:`qattn.book.provenance`).
+At the full profile a chapter reuses the committed reference in ``results/`` when its
+configuration and code version are unchanged (see :func:`qattn.book.provenance.run_cached`);
+``FRESH=1`` in the environment makes every experiment re-run instead of reusing anything.
+``--only STEM`` executes one notebook and builds no HTML (``make reference CHAPTER=STEM``).
 """
 
 from __future__ import annotations
@@ -60,11 +62,12 @@ class Profile:
 
     name: str
     cell_timeout_s: int
+    reuse_reference: bool  # reuse the committed reference results of the same config and code
 
 
 PROFILES = {
-    "ci": Profile("ci", cell_timeout_s=600),
-    "full": Profile("full", cell_timeout_s=4 * 3600),
+    "ci": Profile("ci", cell_timeout_s=600, reuse_reference=False),
+    "full": Profile("full", cell_timeout_s=4 * 3600, reuse_reference=True),
 }
 
 
@@ -145,8 +148,15 @@ class ProgressEcho:
 
 
 def execute_notebook(stem: str, profile: Profile, results_dir: Path) -> float:
-    """Execute ``notebooks/<stem>.ipynb`` into ``book/generated/<stem>.ipynb``; return the wall time in s."""
+    """Execute ``notebooks/<stem>.ipynb`` into ``book/generated/<stem>.ipynb``; return the wall time in s.
+
+    The full profile passes the committed references (``results/``) as ``reference_dir``: a
+    chapter whose configuration and code version equal its reference's reuses it instead of
+    recomputing. Other profiles pass none, so ``make test``'s ci build always computes.
+    """
     import papermill  # the heavy imports only when executing
+
+    reference_dir = str(paths.reference_dir(profile.name)) if profile.reuse_reference else ""
 
     logs = LOGS / profile.name
     logs.mkdir(parents=True, exist_ok=True)
@@ -155,7 +165,7 @@ def execute_notebook(stem: str, profile: Profile, results_dir: Path) -> float:
         papermill.execute_notebook(
             str(NOTEBOOKS / f"{stem}.ipynb"),
             str(GENERATED / f"{stem}.ipynb"),
-            parameters={"profile": profile.name, "output_dir": str(results_dir)},
+            parameters={"profile": profile.name, "output_dir": str(results_dir), "reference_dir": reference_dir},
             kernel_name=KERNEL,
             cwd=str(NOTEBOOKS),
             execution_timeout=profile.cell_timeout_s,
@@ -220,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         help="results folder (default: qattn.book.paths.results_dir(profile): build/results/<profile> in a checkout)",
     )
     parser.add_argument("--skip-execute", action="store_true", help="only rebuild the HTML from book/generated")
+    parser.add_argument(
+        "--only",
+        metavar="STEM",
+        help="execute only notebooks/<STEM>.ipynb (other executed notebooks are kept) and build no HTML (make reference)",
+    )
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     results_dir = (args.results_dir or paths.results_dir(profile.name)).resolve()
@@ -229,12 +244,17 @@ def main(argv: list[str] | None = None) -> int:
         print("build_book: the table of contents and notebooks/ disagree:", *problems, sep="\n  ", file=sys.stderr)
         return 2
     stems = toc_notebooks()
+    if args.only is not None:
+        if args.only not in stems:
+            print(f"build_book: no chapter {args.only!r}; the chapters are {stems}", file=sys.stderr)
+            return 2
+        stems = [args.only]
     total_start = time.perf_counter()
     if not args.skip_execute:
         logging.getLogger("papermill").setLevel(logging.WARNING)
-        if GENERATED.exists():
+        if GENERATED.exists() and args.only is None:
             shutil.rmtree(GENERATED)
-        GENERATED.mkdir(parents=True)
+        GENERATED.mkdir(parents=True, exist_ok=True)
         results_dir.mkdir(parents=True, exist_ok=True)
         fresh = " (FRESH=1: no reuse)" if os.environ.get("FRESH") == "1" else ""
         print(f"build_book: profile {profile.name}, results in {results_dir}{fresh}", flush=True)
@@ -253,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             "total_s": round(sum(times.values()), 1),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (LOGS / profile.name / "times.json").write_text(json.dumps(summary, indent=2) + "\n")
+        times_file = LOGS / profile.name / ("times.json" if args.only is None else f"times-{args.only}.json")
+        times_file.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"build_book: notebooks done in {summary['total_s'] / 60:.1f} min", flush=True)
+    if args.only is not None:
+        return 0
     html_start = time.perf_counter()
     print("build_book: jupyter-book build (strict, execution off) ...", flush=True)
     try:

@@ -205,3 +205,55 @@ def test_theory_chapters_cover_the_proofs(tmp_path):
     assert code_version([notebook], source_dir=tmp_path / "qattn") == before
     _edit(tmp_path / "proofs" / "counts.py")
     assert code_version([notebook], source_dir=tmp_path / "qattn") != before
+
+
+class WritesAssets(Counter):
+    """A run that also writes a file and a folder of assets into ``out``."""
+
+    def __init__(self, out) -> None:
+        super().__init__()
+        self.out = out
+
+    def __call__(self, config):
+        (self.out / "exp_audio.npz").write_bytes(b"audio")
+        (self.out / "exp_models").mkdir(exist_ok=True)
+        (self.out / "exp_models" / "m.pt").write_bytes(b"weights")
+        return super().__call__(config)
+
+
+ASSETS = ("exp_audio.npz", "exp_models")
+
+
+def test_a_committed_reference_is_the_builds_cache(tmp_path, monkeypatch):
+    """A reference of the same config and code version is copied into the build with its assets and
+    not recomputed; another config, FRESH=1 or a missing asset recompute; origin() says which."""
+    monkeypatch.delenv("FRESH", raising=False)
+    reference, build = tmp_path / "results", tmp_path / "build"
+    reference.mkdir()
+    made = run_cached("exp", {"n": 1}, WritesAssets(reference), reference, assets=ASSETS)
+    assert made["assets"] == list(ASSETS)
+    assert "computed in this build" in provenance.origin(made)
+
+    run = WritesAssets(build)
+    reused = run_cached("exp", {"n": 1}, run, build, reference_dir=reference, assets=ASSETS)
+    assert run.calls == 0 and reused == made
+    assert (build / "exp.json").read_text() == (reference / "exp.json").read_text()
+    assert (build / "exp_audio.npz").read_bytes() == b"audio" and (build / "exp_models" / "m.pt").read_bytes() == b"weights"
+    assert "committed reference run" in provenance.origin(reused, reference)
+    assert "computed in this build" in provenance.origin(reused, None)
+
+    run_cached("exp", {"n": 2}, run, build, reference_dir=reference, assets=ASSETS)
+    assert run.calls == 1, "another config is computed"
+    computed = run_cached("exp", {"n": 1}, run, build, reference_dir=reference, assets=ASSETS, fresh=True)
+    assert run.calls == 2 and "computed in this build" in provenance.origin(computed, reference)
+
+    (reference / "exp_audio.npz").unlink()  # a reference without its assets is not reused
+    (build / "exp.json").unlink()
+    run_cached("exp", {"n": 1}, run, build, reference_dir=reference, assets=ASSETS)
+    assert run.calls == 3
+
+
+def test_a_run_that_does_not_write_its_declared_assets_fails(tmp_path):
+    with pytest.raises(FileNotFoundError, match="exp_audio.npz"):
+        run_cached("exp", {"n": 1}, Counter(), tmp_path, assets=ASSETS, fresh=True)
+    assert not (tmp_path / "exp.json").exists()

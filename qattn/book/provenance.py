@@ -24,9 +24,11 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +37,7 @@ from typing import Any
 import qattn
 from qattn.book.imports import project_files
 
-__all__ = ["collect_provenance", "code_version", "write_json_atomic", "read_json", "run_cached"]
+__all__ = ["collect_provenance", "code_version", "write_json_atomic", "read_json", "run_cached", "origin"]
 
 #: The source of the installed ``qattn`` package: the code a result is computed with (hashed by
 #: :func:`code_version`; only read, never written to).
@@ -134,6 +136,7 @@ def collect_provenance(
             packages[name] = None
     status = _git("status", "--porcelain")
     return {
+        "run_id": uuid.uuid4().hex,  # tells this run apart from any other (origin: reused or computed)
         "code_version": version if version is not None else code_version(extra_files),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
@@ -169,6 +172,30 @@ def read_json(path: str | Path) -> dict[str, Any]:
         return json.load(f)
 
 
+def _matches(path: Path, config: Mapping[str, Any], version: str) -> dict[str, Any] | None:
+    """The results file at ``path`` if it holds ``config`` computed by code version ``version``."""
+    if not path.is_file():
+        return None
+    old = read_json(path)
+    if old.get("config") == config and old.get("provenance", {}).get("code_version") == version:
+        return old
+    return None
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    """Copy a file or a folder to ``target`` through a temporary name and a rename."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    if source.is_dir():
+        shutil.copytree(source, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+    else:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
 def run_cached(
     name: str,
     config: Mapping[str, Any],
@@ -176,29 +203,55 @@ def run_cached(
     out_dir: str | Path,
     extra_files: Iterable[str | Path] = (),
     fresh: bool | None = None,
+    reference_dir: str | Path | None = None,
+    assets: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Run ``run(config)`` and store its metrics with provenance in ``out_dir/<name>.json``.
 
-    An existing file with the same ``config`` (compared as JSON) and the same code version
-    (``qattn/`` plus ``extra_files``) is returned instead of re-running, unless ``fresh`` is True
-    or, when ``fresh`` is None, the environment variable ``FRESH`` is ``1``.
-    Progress lines go to stdout.
+    Reuse, unless ``fresh`` is True (or, when ``fresh`` is None, the environment variable
+    ``FRESH`` is ``1``):
+
+    1. ``out_dir/<name>.json`` with the same ``config`` (compared as JSON) and the same code
+       version (:func:`code_version` of ``extra_files``) is returned as it is;
+    2. else, with ``reference_dir`` given, a committed reference ``reference_dir/<name>.json`` of
+       the same config and code version is copied into ``out_dir`` with its ``assets`` (files or
+       folders the chapter's pages need, e.g. example audio) and returned: the reference run is
+       this build's result.
+
+    Otherwise ``run`` runs; its result lists ``assets`` (written by ``run`` into ``out_dir``) so
+    that :mod:`scripts/save_reference.py <scripts>` can commit them with the JSON. Progress lines go to stdout.
+    Use :func:`origin` to tell a reader where the returned numbers come from.
     """
-    path = Path(out_dir) / f"{name}.json"
+    out = Path(out_dir)
+    path = out / f"{name}.json"
     config = json.loads(json.dumps(dict(config)))  # normalise (tuples → lists) and check it serialises
     extra_files = list(extra_files)
+    assets = list(assets)
     version = code_version(extra_files)
     if fresh is None:
         fresh = os.environ.get("FRESH", "0") == "1"
-    if not fresh and path.exists():
-        old = read_json(path)
-        if old.get("config") == config and old.get("provenance", {}).get("code_version") == version:
+    if not fresh:
+        old = _matches(path, config, version)
+        if old is not None and all((out / a).exists() for a in old.get("assets", [])):
             print(f"[{name}] reusing {path} (same config and code version {version})")
             return old
+        if reference_dir is not None:
+            ref_dir = Path(reference_dir)
+            ref = _matches(ref_dir / f"{name}.json", config, version)
+            if ref is not None and all((ref_dir / a).exists() for a in ref.get("assets", [])):
+                out.mkdir(parents=True, exist_ok=True)
+                for asset in ref.get("assets", []):
+                    _copy_atomic(ref_dir / asset, out / asset)
+                write_json_atomic(path, ref)
+                print(f"[{name}] reusing the committed reference {ref_dir / (name + '.json')} (same config and code version {version})")
+                return ref
     print(f"[{name}] running ...", flush=True)
     start = time.perf_counter()
     metrics = dict(run(config))
     wall = time.perf_counter() - start
+    missing = [a for a in assets if not (out / a).exists()]
+    if missing:
+        raise FileNotFoundError(f"[{name}] the run did not write its declared assets {missing} into {out}")
     result = {
         "name": name,
         "config": config,
@@ -207,6 +260,39 @@ def run_cached(
             wall_time_s=round(wall, 3), extra_files=extra_files, version=version
         ),  # the code the run started with
     }
+    if assets:
+        result["assets"] = assets
     write_json_atomic(path, result)
     print(f"[{name}] done in {wall:.1f} s -> {path}")
     return result
+
+
+def origin(result: Mapping[str, Any], reference_dir: str | Path | None = None) -> str:
+    """One Markdown paragraph for the top of a chapter: where its numbers come from and how to recompute them.
+
+    "Reused from the committed reference" when ``reference_dir`` holds this very run (the same
+    ``run_id``; for files older than that field: the same code version, commit and date), else
+    "computed in this build".
+    """
+    prov = result.get("provenance", {})
+    name = result.get("name", "?")
+    minutes = (prov.get("wall_time_s") or 0) / 60
+    commit = (prov.get("git_commit") or "unknown")[:10]
+    dirty = " with uncommitted changes" if prov.get("git_dirty") else ""
+    where = f"{prov.get('cpu', '?')}, {prov.get('threads', '?')} threads"
+    version = prov.get("code_version", "?")
+    run = f"commit `{commit}`{dirty}, {prov.get('date', '?')}, on {where}, in {minutes:.1f} min (code version `{version}`)"
+    how = (
+        f"Recompute it with `FRESH=1 make book` (every chapter) or `make reference CHAPTER={name}` "
+        f"(this chapter, stored as the new reference)."
+    )
+    reference = Path(reference_dir) / f"{name}.json" if reference_dir else None
+    if reference is not None and reference.is_file():
+        ref = read_json(reference).get("provenance", {})
+        keys = ("run_id",) if "run_id" in prov else ("code_version", "git_commit", "date")
+        if all(ref.get(k) == prov.get(k) for k in keys):
+            return (
+                f"**Where these numbers come from:** the committed reference run ({run}), reused because "
+                f"this build's configuration and code version are the same. {how}"
+            )
+    return f"**Where these numbers come from:** computed in this build ({run}). {how}"

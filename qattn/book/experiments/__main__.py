@@ -3,9 +3,10 @@
 ``python -m qattn.book.experiments <chapter> [--profile ci|full] [--seed N] [--results-dir DIR] [--fresh]``
 
 The experiment runs through :func:`qattn.book.provenance.run_cached` with the same configuration,
-code version (``qattn/`` plus the chapter's notebook) and results folder as the chapter's notebook
-in ``make book``: a book built afterwards reuses the result instead of running it again, and a
-result that is already there (same configuration and code) is reused here too unless ``--fresh``.
+code version and results folder as the chapter's notebook in ``make book``: a book built
+afterwards reuses the result instead of running it again, and a result that is already there
+(same configuration and code; at the full profile also the committed reference in ``results/``)
+is reused here too unless ``--fresh``.
 Progress lines go to stdout; the results file is written atomically at the end, so a failed run
 never overwrites a good one.
 """
@@ -53,7 +54,16 @@ def run_chapter(
     else:
         run = module.run
     out.mkdir(parents=True, exist_ok=True)
-    return run_cached(chapter, config.to_dict(), run, out_dir=out, extra_files=[paths.notebook_path(chapter)], fresh=fresh)
+    return run_cached(
+        chapter,
+        config.to_dict(),
+        run,
+        out_dir=out,
+        extra_files=[paths.notebook_path(chapter)],
+        fresh=fresh,
+        reference_dir=paths.reference_dir(profile) if profile == "full" else None,  # as the book build does
+        assets=getattr(module, "ASSETS", ()),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

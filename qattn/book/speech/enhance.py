@@ -26,8 +26,9 @@ class EnhanceError(ValueError):
 
 
 def default_checkpoint(variant: str = "qconformer_shared") -> Path:
-    """The first existing ``<variant>.pt`` in :func:`qattn.book.paths.models_dir` of the full, then the ci profile."""
-    searched = [paths.models_dir(profile) for profile in ("full", "ci")]
+    """The first existing ``<variant>.pt`` in :func:`qattn.book.paths.models_dir` of the full, then the ci
+    profile, then among the committed full-profile reference's checkpoints (``results/speech_models``)."""
+    searched = [paths.models_dir(profile) for profile in ("full", "ci")] + [paths.reference_dir("full") / "speech_models"]
     for folder in searched:
         path = folder / f"{variant}.pt"
         if path.exists():

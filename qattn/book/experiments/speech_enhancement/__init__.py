@@ -54,11 +54,12 @@ from qattn.book.experiments.speech_enhancement.config import (
     model_config,
 )
 from qattn.book.experiments.speech_enhancement.evaluation import enhance_waves
-from qattn.book.experiments.speech_enhancement.experiment import headline, run
+from qattn.book.experiments.speech_enhancement.experiment import ASSETS, headline, run
 from qattn.book.experiments.speech_enhancement.timing import MaterialisedMaps, maps_bytes, peak_memory, time_rtf
 from qattn.book.experiments.speech_enhancement.training import train_one, training_batches
 
 __all__ = [
+    "ASSETS",
     "LABELS",
     "PAPER_PARAMS",
     "PAPER_QUALITY",

@@ -50,6 +50,11 @@ def _rtf_row(rows: list[dict[str, Any]], model: str, seconds: float) -> float | 
     return None
 
 
+#: What ``run(config, save_dir=...)`` writes beside its results: the chapter's example audio and
+#: attention maps, and the trained checkpoints (``python -m qattn.book.speech enhance`` loads them).
+ASSETS = ("speech_examples.npz", "speech_maps.npz", "speech_models")
+
+
 def run(
     config: SpeechExperimentConfig | Mapping[str, Any], log: Callable[[str], None] = print, save_dir: str | Path | None = None
 ) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class Profile:
 
     name: str
     cell_timeout_s: int
-    reuse_reference: bool  # reuse the committed reference results of the same config and code
+    reuse_reference: bool = False  # reuse the committed reference results of the same config and code
 
 
 PROFILES = {

@@ -69,7 +69,9 @@ def test_progress_lines_are_echoed_live_and_everything_is_logged(tmp_path, monke
     assert echoed == ["    [demo] step 1 of 2", "    [demo] step 2 of 2"]
     log = (tmp_path / "LOGS" / "ci" / "demo.log").read_text()
     assert "a table row" in log and "[demo] step 2 of 2" in log
-    assert (tmp_path / "GENERATED" / "demo.ipynb").exists()
+    executed = nbformat.read(tmp_path / "GENERATED" / "demo.ipynb", as_version=4)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert code and all("hide-input" in c.metadata.get("tags", []) for c in code), "code cells are folded in the built page"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -80,6 +82,8 @@ def test_one_parameters_cell_with_profile_and_output_dir(path):
     params = papermill.inspect_notebook(str(path))
     assert {"profile", "output_dir"} <= set(params), f"{path.name} parameters: {sorted(params)}"
     assert params["profile"]["default"].strip("'\"") in build_book.PROFILES
+    if "run_cached(" in path.read_text():
+        assert "reference_dir" in params, f"{path.name} stores results but takes no reference_dir (the build's cache)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

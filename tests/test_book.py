@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from qattn.book import paths
-from qattn.book.report import compare, reference_dir_for
+from qattn.book.claims import CLAIMS
+from qattn.book.report import load_results, paper_agreement, reference_dir_for, repeatability
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "book" / "_build" / "html"
@@ -43,20 +44,27 @@ def test_math_is_served_locally_and_nothing_is_loaded_from_outside():
             pytest.fail(f"{page.relative_to(HTML)} loads {tag.group(1)}")
 
 
-def test_the_report_lists_the_headline_numbers_of_the_run():
+def test_the_report_answers_its_three_questions():
+    """Every headline number of the run, every number a paper states and every claim is on the page."""
     report = html.unescape(re.sub(r"<[^>]+>", "", (HTML / "generated" / "reproduction_report.html").read_text()))
-    rows = compare(CI_RESULTS, reference_dir_for("ci"))
-    if rows:
-        assert "headline number" in report
-        for row in rows:
-            assert row.name in report, f"{row.experiment}: {row.name} is missing from the report"
-    else:
-        assert "No headline numbers were found" in report
+    report = report.replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"')  # Sphinx's smart quotes
+    run, reference = load_results(CI_RESULTS), load_results(reference_dir_for("ci"))
+    rows = repeatability(run, reference)
+    assert rows, "the ci build declares headline numbers"
+    for row in rows:
+        assert row.name in report, f"{row.experiment}: {row.name} is missing from the report"
+    for row in paper_agreement(run):
+        assert f"{row.name}" in report
+    for claim in CLAIMS:
+        assert claim.claim in report, f"claim missing from the ledger: {claim.claim}"
+    for question in ("Repeatability", "Agreement with the paper", "Claims ledger"):
+        assert question in report
 
 
 def test_seeded_ci_numbers_match_the_committed_ci_reference():
     """A notebook whose seeded numbers changed fails here; timing ratios are machine-dependent and skipped."""
-    failing = [r for r in compare(CI_RESULTS, reference_dir_for("ci")) if r.kind != "ratio" and r.holds is False]
+    rows = repeatability(load_results(CI_RESULTS), load_results(reference_dir_for("ci")))
+    failing = [r for r in rows if r.kind != "ratio" and r.status in ("differs", "no longer produced")]
     assert not failing, (
         "ci numbers differ from results/ci (refresh them with scripts/save_reference.py --profile ci if intended): "
         + "; ".join(f"{r.experiment}: {r.name} = {r.value} vs {r.reference}" for r in failing)

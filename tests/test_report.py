@@ -6,7 +6,17 @@ from pathlib import Path
 import pytest
 
 from qattn.book.headline import headline
-from qattn.book.report import collect_headlines, compare, load_results, to_markdown, within
+from qattn.book.report import (
+    collect_headlines,
+    counts,
+    ledger_markdown,
+    load_results,
+    paper_agreement,
+    paper_markdown,
+    repeatability,
+    repeatability_markdown,
+    within,
+)
 
 
 def write(directory: Path, name: str, headlines: list[dict], **extra) -> None:
@@ -42,7 +52,8 @@ def test_within(value, target, tol, kind, expected):
 
 def test_no_results_is_not_an_error(tmp_path):
     assert load_results(tmp_path / "missing") == {}
-    assert compare(tmp_path / "missing", tmp_path / "also-missing") == []
+    assert repeatability(load_results(tmp_path / "missing"), load_results(tmp_path / "also-missing")) == []
+    assert paper_agreement(load_results(tmp_path / "missing")) == []
 
 
 def test_load_results_skips_non_results_and_rejects_bad_json(tmp_path):
@@ -62,32 +73,63 @@ def test_collect_rejects_incomplete_and_duplicate_entries():
         collect_headlines({"e": {"metrics": {"headline": twice}}})
 
 
-def test_compare_against_reference_and_paper(tmp_path):
+def test_repeatability_against_the_reference(tmp_path):
     run, ref = tmp_path / "run", tmp_path / "ref"
     write(run, "b_speech", [headline("PESQ", 3.0, 0.05, "relative", paper=3.18), headline("RTF ratio", 0.5, 0.2, "ratio")])
     write(run, "a_counts", [headline("terms", 64, 0, "exact", paper=64), headline("new", 1, 0)])
     write(ref, "a_counts", [headline("terms", 64, 0, "exact", paper=64), headline("gone", 5, 0)])
     write(ref, "b_speech", [headline("PESQ", 2.5, 0.05, "relative", paper=3.18), headline("RTF ratio", 0.45, 0.2, "ratio")])
 
-    rows = compare(run, ref, same_profile=True)
-    table = {(r.experiment, r.name): r for r in rows}
-    assert [r.experiment for r in rows] == ["a_counts"] * 3 + ["b_speech"] * 2
-    assert table["a_counts", "terms"].holds is True and table["a_counts", "terms"].target == "reference"
-    assert table["a_counts", "new"].holds is None and table["a_counts", "new"].reference is None
-    assert table["a_counts", "gone"].holds is False and table["a_counts", "gone"].value is None
-    assert table["b_speech", "PESQ"].holds is False
-    assert table["b_speech", "RTF ratio"].holds is True
-
-    # A ci run is not judged against the full reference, only against the paper where given.
-    other = {(r.experiment, r.name): r for r in compare(run, ref, same_profile=False)}
-    assert other["b_speech", "PESQ"].target == "paper" and other["b_speech", "PESQ"].holds is False
-    assert other["a_counts", "terms"].target == "paper" and other["a_counts", "terms"].holds is True
-    assert other["b_speech", "RTF ratio"].holds is None
-    assert other["a_counts", "gone"].holds is None
-
-    md = to_markdown(rows)
+    rows = repeatability(load_results(run), load_results(ref))
+    status = {(r.experiment, r.name): r.status for r in rows}
+    assert status == {
+        ("a_counts", "terms"): "reproduced",
+        ("a_counts", "new"): "new",
+        ("a_counts", "gone"): "no longer produced",
+        ("b_speech", "PESQ"): "differs",
+        ("b_speech", "RTF ratio"): "reproduced",
+    }
+    md = repeatability_markdown(rows)
     assert md.count("\n") == len(rows) + 1
-    assert "| b_speech | PESQ | relative | 3 | 2.5 | 3.18 | ±5% | reference | **no** |" in md
+    assert "| b_speech | PESQ | 3 | 2.5 | within ±5 % of the reference | **differs** |" in md
+    assert counts([r.status for r in rows], ("reproduced", "differs", "new")) == "2 reproduced, 1 differs, 1 new"
+
+
+def test_a_reused_result_is_reported_as_reused_not_as_reproduced(tmp_path):
+    """The same run in the build and in the reference tests nothing: the report must say so."""
+    write(tmp_path, "a", [headline("x", 1.0, 0)])
+    results = load_results(tmp_path)
+    results["a"]["provenance"] = {"run_id": "abc"}
+    same = {"a": dict(results["a"])}
+    assert repeatability(results, same)[0].status == "reused"
+    other = {"a": {**results["a"], "provenance": {"run_id": "def"}}}
+    assert repeatability(results, other)[0].status == "reproduced"
+
+
+def test_paper_agreement_lists_only_numbers_the_paper_states(tmp_path):
+    write(tmp_path, "speech_enhancement", [headline("RTF cut %", 94.3, 0.5, "ratio", paper=58.1), headline("PESQ", 1.4, 0.1, "relative")])
+    write(tmp_path, "theory_counts", [headline("terms", 64, 0, "exact", paper=64), headline("maps", 2, 0, "exact", paper=1)])
+    rows = {(r.experiment, r.name): r for r in paper_agreement(load_results(tmp_path))}
+    assert set(rows) == {("speech_enhancement", "RTF cut %"), ("theory_counts", "terms"), ("theory_counts", "maps")}
+    assert rows["theory_counts", "terms"].agrees and not rows["theory_counts", "maps"].agrees
+    assert not rows["speech_enhancement", "RTF cut %"].agrees  # 94.3 is not within ±50 % of 58.1
+    assert rows["speech_enhancement", "RTF cut %"].setting.startswith("proxy")
+    assert "within ±50 % of the paper" in paper_markdown(rows.values())
+
+
+def test_the_claims_ledger_covers_every_seed_work_and_can_fail():
+    from qattn.book.claims import CLAIMS, STATUSES, Check, Claim, assess, ledger
+
+    works = {c.work for c in CLAIMS}
+    assert len(works) == 6, works
+    empty = ledger({})
+    assert {r["status"] for r in empty} <= {"not testable here", "not yet tested", "no result in this build"}
+    assert all(r["status"] in STATUSES for r in empty)
+    claim = Claim("W", "x beats y", "c", (Check("c", "x", ">", 0.0, minus="y"), Check("c", "x", ">=", 0.5)))
+    assert assess(claim, {("c", "x"): {"value": 0.6}, ("c", "y"): {"value": 0.1}})[0] == "reproduced"
+    assert assess(claim, {("c", "x"): {"value": 0.4}, ("c", "y"): {"value": 0.1}})[0] == "partly reproduced"
+    assert assess(claim, {("c", "x"): {"value": 0.0}, ("c", "y"): {"value": 0.1}})[0] == "not reproduced"
+    assert "**not yet tested**" in ledger_markdown(empty)
 
 
 def test_reference_dir_and_provenance_table(tmp_path):

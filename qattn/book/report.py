@@ -1,32 +1,32 @@
-"""Headline numbers: how experiments declare them and how the reproduction report compares them.
+"""Headline numbers: the reproduction report's three questions, answered from results files.
 
 An experiment declares the numbers that matter in its results JSON (written by
-:func:`qattn.book.provenance.run_cached`) under ``metrics["headline"]``, a list of entries built with
+:func:`qattn.book.provenance.run_cached`) under ``metrics["headline"]``, entries built with
 :func:`qattn.book.headline.headline`::
 
     {"name": "shared-score terms", "value": 64, "paper": 64, "tolerance": 0, "kind": "exact"}
 
-Optional keys: ``paper``, ``note`` (how to read the number) and a chapter's own declared target
-(``target_op``, ``target``, ``target_met``), shown beside the number but not used to judge it.
-
-``kind`` says how a value is compared with its target:
+``kind`` and ``tolerance`` say how a value is compared (:func:`within`):
 
 - ``"exact"``: ``|value - target| <= tolerance`` (an absolute tolerance, usually 0);
 - ``"relative"``: ``|value - target| <= tolerance * |target|``;
 - ``"ratio"``: like ``"relative"``, for ratios of two measurements on the same machine (timings
   are only ever compared as ratios, never as seconds across machines).
 
-The target is the committed reference value when the run and the reference come from the same
-profile, otherwise the paper's value where the experiment gives one; with neither the number is
-shown but not judged.
+The report answers three questions separately, never mixing their targets:
+
+- :func:`repeatability`: this build against the committed reference of its profile (``reused``
+  when the chapter was not recomputed, so nothing was tested);
+- :func:`paper_agreement`: every number a paper states, ours beside it with the rule and our
+  setting (:data:`qattn.book.claims.CHAPTER_SETTINGS`);
+- :func:`qattn.book.claims.ledger`: every claim of every seed work and its status.
 
 Example
 -------
 >>> from qattn.book.headline import headline
->>> h = headline("softmax maps per head", 1, tolerance=0, kind="exact", paper=1)
->>> row = compare_one("counts", h, reference=h, same_profile=True)
->>> (row.value, row.target, row.holds)
-(1, 'reference', True)
+>>> run = {"counts": {"metrics": {"headline": [headline("softmax maps per head", 1, tolerance=0, paper=1)]}}}
+>>> repeatability(run, run)[0].status, paper_agreement(run)[0].agrees
+('reproduced', True)
 """
 
 from __future__ import annotations
@@ -39,17 +39,24 @@ from pathlib import Path
 from typing import Any
 
 from qattn.book import paths
+from qattn.book.claims import CHAPTER_SETTINGS
 from qattn.book.headline import KINDS
 from qattn.book.provenance import read_json
 
 __all__ = [
-    "Row",
+    "REPEAT_STATUSES",
+    "RepeatRow",
+    "PaperRow",
+    "repeatability",
+    "paper_agreement",
+    "rule_text",
+    "repeatability_markdown",
+    "paper_markdown",
+    "ledger_markdown",
+    "counts",
     "within",
     "load_results",
     "collect_headlines",
-    "compare_one",
-    "compare",
-    "to_markdown",
     "provenance_markdown",
     "reference_dir_for",
 ]
@@ -116,98 +123,12 @@ def collect_headlines(results: Mapping[str, Mapping[str, Any]]) -> dict[tuple[st
     return found
 
 
-@dataclass(frozen=True)
-class Row:
-    """One line of the reproduction report."""
-
-    experiment: str
-    name: str
-    kind: str
-    value: float | None
-    reference: float | None
-    paper: float | None
-    tolerance: float
-    target: str | None  # "reference", "paper" or None (not judged)
-    holds: bool | None
-
-
-def compare_one(
-    experiment: str,
-    entry: Mapping[str, Any] | None,
-    reference: Mapping[str, Any] | None,
-    same_profile: bool,
-) -> Row:
-    """Compare one headline entry of this run with its committed reference (either may be None)."""
-    source = entry if entry is not None else reference
-    if source is None:
-        raise ValueError("compare_one needs the run's entry, the reference entry, or both")
-    kind, tolerance = str(source["kind"]), float(source["tolerance"])
-    paper = source.get("paper", reference.get("paper") if reference else None)
-    value = entry["value"] if entry is not None else None
-    ref_value = reference["value"] if reference is not None else None
-    target: str | None = None
-    holds: bool | None = None
-    if value is not None:
-        if same_profile and ref_value is not None:
-            target, holds = "reference", within(value, ref_value, tolerance, kind)
-        elif paper is not None:
-            target, holds = "paper", within(value, paper, tolerance, kind)
-    elif same_profile:
-        holds = False  # in the reference but no longer produced by this run
-    return Row(experiment, str(source["name"]), kind, value, ref_value, paper, tolerance, target, holds)
-
-
-def compare(
-    run_dir: str | Path,
-    reference_dir: str | Path | None = None,
-    same_profile: bool = True,
-) -> list[Row]:
-    """Every headline number of the run in ``run_dir`` beside the reference in ``reference_dir``.
-
-    Parameters
-    ----------
-    run_dir, reference_dir : path
-        Folders of results JSON files (``reference_dir`` defaults to the committed full reference).
-    same_profile : bool
-        Whether run and reference come from the same profile. If not, values are judged against the
-        paper's numbers only (a ``ci`` run is not expected to match the ``full`` reference).
-
-    Returns
-    -------
-    list of Row
-        Sorted by experiment, then in the order each experiment declared its headlines; reference
-        entries the run no longer produces come last within their experiment.
-    """
-    run = collect_headlines(load_results(run_dir))
-    ref = collect_headlines(load_results(reference_dir if reference_dir is not None else paths.reference_dir("full")))
-    keys = list(run) + [k for k in ref if k not in run]
-    order = {experiment: i for i, experiment in enumerate(sorted({k[0] for k in keys}))}
-    keys.sort(key=lambda k: order[k[0]])  # stable: keeps the declared order within an experiment
-    return [compare_one(k[0], run.get(k), ref.get(k), same_profile) for k in keys]
-
-
 def _fmt(x: float | None) -> str:
     if x is None:
         return "–"
     if isinstance(x, bool) or isinstance(x, int):
         return str(x)
     return f"{x:.4g}"
-
-
-def to_markdown(rows: Iterable[Row]) -> str:
-    """The rows as one Markdown table (this run, reference, paper, tolerance, holds)."""
-    lines = [
-        "| experiment | headline number | kind | this run | reference | paper | tolerance | judged against | holds |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | :---: |",
-    ]
-    verdict = {True: "yes", False: "**no**", None: "–"}
-    for r in rows:
-        tol = _fmt(r.tolerance) if r.kind == "exact" else f"±{r.tolerance * 100:.3g}%"
-        lines.append(
-            f"| {r.experiment} | {r.name} | {r.kind} | {_fmt(r.value)} | {_fmt(r.reference)} | "
-            f"{_fmt(r.paper)} | {tol} | {r.target or '–'} | {verdict[r.holds]} |"
-        )
-    return "\n".join(lines)
 
 
 def provenance_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -225,3 +146,165 @@ def provenance_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
             f"{p.get('cpu', '–')} | {p.get('threads', '–')} | {_fmt(p.get('wall_time_s'))} |"
         )
     return "\n".join(lines)
+
+
+# -- the three questions of the report: repeatability, agreement with the paper, the claims ledger --
+
+REPEAT_STATUSES = ("reused", "reproduced", "differs", "new", "no longer produced")
+
+
+@dataclass(frozen=True)
+class RepeatRow:
+    """Did this build reproduce the committed reference of its profile (one headline number)?"""
+
+    experiment: str
+    name: str
+    kind: str
+    value: float | None
+    reference: float | None
+    tolerance: float
+    status: str  # one of REPEAT_STATUSES
+
+
+def _run_id(result: Mapping[str, Any] | None) -> str | None:
+    return (result or {}).get("provenance", {}).get("run_id")
+
+
+def repeatability(run: Mapping[str, Mapping[str, Any]], reference: Mapping[str, Mapping[str, Any]]) -> list[RepeatRow]:
+    """Each headline number of ``run`` beside the same profile's ``reference`` (both from :func:`load_results`).
+
+    ``"reused"``: the chapter's result IS the reference run (nothing was recomputed, so nothing is
+    tested); ``"reproduced"``: recomputed and within the entry's tolerance (seeded numbers usually
+    exactly; ratios of timings within their tolerance); ``"differs"``; ``"new"``: no reference
+    value; ``"no longer produced"``: in the reference only.
+    """
+    run_heads, ref_heads = collect_headlines(run), collect_headlines(reference)
+    rows = []
+    for key in list(run_heads) + [k for k in ref_heads if k not in run_heads]:
+        entry, ref = run_heads.get(key), ref_heads.get(key)
+        source = entry if entry is not None else ref
+        assert source is not None
+        kind, tolerance = str(source["kind"]), float(source["tolerance"])
+        if entry is None:
+            status = "no longer produced"
+        elif ref is None:
+            status = "new"
+        elif _run_id(run.get(key[0])) is not None and _run_id(run.get(key[0])) == _run_id(reference.get(key[0])):
+            status = "reused"
+        else:
+            status = "reproduced" if within(entry["value"], ref["value"], tolerance, kind) else "differs"
+        rows.append(
+            RepeatRow(
+                key[0],
+                key[1],
+                kind,
+                entry["value"] if entry else None,
+                ref["value"] if ref else None,
+                tolerance,
+                status,
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One number the paper states, ours beside it."""
+
+    experiment: str
+    name: str
+    value: float
+    paper: float
+    rule: str
+    setting: str
+    agrees: bool
+
+
+def rule_text(kind: str, tolerance: float) -> str:
+    """The comparison rule of a headline entry in words.
+
+    >>> rule_text("exact", 0), rule_text("ratio", 0.5)
+    ('equal', 'within ±50 % of the paper (ratio of two timings on one machine)')
+    """
+    if kind == "exact":
+        return "equal" if tolerance == 0 else f"within ±{tolerance:g}"
+    extra = " (ratio of two timings on one machine)" if kind == "ratio" else ""
+    return f"within ±{100 * tolerance:g} % of the paper{extra}"
+
+
+def paper_agreement(run: Mapping[str, Mapping[str, Any]], settings: Mapping[str, str] | None = None) -> list[PaperRow]:
+    """Every headline number of ``run`` for which the paper states a value, with the rule and our setting."""
+    settings = CHAPTER_SETTINGS if settings is None else settings
+    rows = []
+    for (experiment, name), entry in collect_headlines(run).items():
+        paper = entry.get("paper")
+        if paper is None:
+            continue
+        kind, tolerance = str(entry["kind"]), float(entry["tolerance"])
+        rows.append(
+            PaperRow(
+                experiment,
+                name,
+                entry["value"],
+                paper,
+                rule_text(kind, tolerance),
+                settings.get(experiment, "–"),
+                within(entry["value"], paper, tolerance, kind),
+            )
+        )
+    return rows
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def repeatability_markdown(rows: Iterable[RepeatRow]) -> str:
+    """The repeatability rows as one Markdown table."""
+    bold = {"differs": "**differs**", "no longer produced": "**no longer produced**"}
+    return _table(
+        ["experiment", "headline number", "this build", "reference", "rule", "status"],
+        (
+            [
+                r.experiment,
+                r.name,
+                _fmt(r.value),
+                _fmt(r.reference),
+                rule_text(r.kind, r.tolerance).replace("the paper", "the reference"),
+                bold.get(r.status, r.status),
+            ]
+            for r in rows
+        ),
+    )
+
+
+def paper_markdown(rows: Iterable[PaperRow]) -> str:
+    """The paper-agreement rows as one Markdown table."""
+    return _table(
+        ["experiment", "number", "ours", "paper", "rule", "our setting", "agrees"],
+        ([r.experiment, r.name, _fmt(r.value), _fmt(r.paper), r.rule, r.setting, "yes" if r.agrees else "**no**"] for r in rows),
+    )
+
+
+def ledger_markdown(rows: Iterable[Mapping[str, str]]) -> str:
+    """The claims ledger (:func:`qattn.book.claims.ledger`) as one Markdown table."""
+    return _table(
+        ["work", "claim", "chapter", "status", "why"],
+        (
+            [r["work"], r["claim"], r["chapter"], f"**{r['status']}**", r["reason"] + (f" — {r['setting']}" if r["setting"] else "")]
+            for r in rows
+        ),
+    )
+
+
+def counts(statuses: Iterable[str], order: Iterable[str]) -> str:
+    """``"3 reproduced, 1 differs"``: how many of each status, in ``order``, zeros left out.
+
+    >>> counts(["a", "b", "a"], ("a", "b", "c"))
+    '2 a, 1 b'
+    """
+    statuses = list(statuses)
+    parts = [f"{statuses.count(s)} {s}" for s in order if statuses.count(s)]
+    return ", ".join(parts) if parts else "none"

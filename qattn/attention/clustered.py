@@ -1,0 +1,282 @@
+"""Clustered and improved clustered attention (Vyas, Katharopoulos, Fleuret, NeurIPS 2020), in plain PyTorch.
+
+Queries that are close get (nearly) the same attention row, so the row is computed once per
+cluster of queries. For one head, with ``N`` queries, ``S`` keys, ``C`` clusters::
+
+    codes  = hash(q)                       B random hyperplanes with a bias: a B-bit code per query
+    labels = k-means of the codes in Hamming space (Lloyd iterations, majority-vote centroids)
+    q̄_c    = mean of the queries of cluster c                                   (C, D)
+    A^c    = softmax(q̄_c Kᵀ / sqrt(D) + mask)                                   (C, S)
+    out_i  = A^c[labels_i] V                                                    clustered
+
+Improved clustered attention keeps, per cluster, the ``top_k`` keys of the centroid's row and
+computes each query's EXACT attention on them, scaled so the row still sums to one::
+
+    T_c    = the top_k keys of A^c,   m_c = Σ_{j∈T_c} A^c_j
+    Â_ij   = m_c · softmax_{j∈T_c}(q_i k_jᵀ / sqrt(D))    for j in T_c
+    Â_ij   = A^c_j                                          otherwise
+
+Cost per head: O(N·C·B) for the clustering, O(C·S·D) for the centroid rows and O(N·top_k·D)
+for the improved part, instead of O(N·S·D). Limits (tested): with every query in its own
+cluster the clustered attention is full attention, and with ``top_k = S`` the improved one is.
+
+Quaternion queries with shared scores are plain ``4·d_h`` real vectors (the shared score is their
+dot product, :mod:`qattn.attention.shared_score`), so ONE clustering of the flattened queries
+serves all four value components: :func:`clustered_shared_attention` works on the book's
+``(B, H, N, 4, d_h)`` layout.
+
+Randomness comes from an explicit ``torch.Generator`` (the hyperplanes, the initial centroids,
+re-seeded empty clusters); nothing touches torch's global random state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MAX_BITS",
+    "random_planes",
+    "hash_codes",
+    "hamming_kmeans",
+    "cluster_queries",
+    "clustered_attention",
+    "clustered_shared_attention",
+]
+
+MAX_BITS = 63  # codes are int64 bit fields
+
+
+def random_planes(dim: int, bits: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``bits`` random hyperplanes with a bias for ``dim``-dimensional queries: ``(bits, dim + 1)``."""
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be in 1..{MAX_BITS} (codes are int64), got {bits}")
+    if dim < 1:
+        raise ValueError(f"dim must be at least 1, got {dim}")
+    return torch.randn(bits, dim + 1, generator=generator, dtype=dtype)
+
+
+def hash_codes(x: Tensor, planes: Tensor) -> Tensor:
+    """The bit code of each vector: bit ``b`` is ``x·w_b + bias_b > 0``. ``x (..., D)``, ``planes (bits, D + 1)`` → int64 ``(...)``."""
+    if planes.dim() != 2 or planes.shape[1] != x.shape[-1] + 1:
+        raise ValueError(f"planes must be (bits, D + 1) = (bits, {x.shape[-1] + 1}), got {tuple(planes.shape)}")
+    bits = planes.shape[0]
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"planes must hold 1..{MAX_BITS} hyperplanes, got {bits}")
+    planes = planes.to(x.dtype)
+    above = (x @ planes[:, :-1].T + planes[:, -1]) > 0
+    weights = 2 ** torch.arange(bits, device=x.device, dtype=torch.int64)
+    return (above.to(torch.int64) * weights).sum(-1)
+
+
+def _bit_matrix(codes: Tensor, bits: int) -> Tensor:
+    """``(n,)`` int64 codes → ``(n, bits)`` 0/1 int64."""
+    return (codes[:, None] >> torch.arange(bits, device=codes.device)) & 1
+
+
+def _hamming(a: Tensor, b: Tensor, bits: int) -> Tensor:
+    """Hamming distances between the codes ``a (n,)`` and ``b (c,)``: ``(n, c)``."""
+    x = a[:, None] ^ b[None, :]
+    return sum((x >> i) & 1 for i in range(bits))
+
+
+def hamming_kmeans(codes: Tensor, n_clusters: int, bits: int, iterations: int = 10, generator: torch.Generator | None = None) -> Tensor:
+    """K-means of one head's ``codes (n,)`` in Hamming space; returns the labels ``(n,)`` in ``[0, n_clusters)``.
+
+    Initial centroids are distinct codes drawn at random (fewer clusters are used when fewer
+    distinct codes exist); each Lloyd iteration assigns every code to its nearest centroid (ties:
+    the lowest index) and sets each centroid bit by majority vote of its members; an empty
+    cluster is re-seeded with the code of a random member of the largest cluster.
+    """
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters must be at least 1, got {n_clusters}")
+    if iterations < 0:
+        raise ValueError(f"iterations must be non-negative, got {iterations}")
+    distinct = torch.unique(codes)
+    order = torch.randperm(len(distinct), generator=generator)[: min(n_clusters, len(distinct))]
+    centroids = distinct[order.to(distinct.device)]
+    labels = _hamming(codes, centroids, bits).argmin(1)
+    for _ in range(iterations):
+        members = torch.bincount(labels, minlength=len(centroids))
+        votes = torch.zeros(len(centroids), bits, dtype=torch.int64, device=codes.device)
+        votes.index_add_(0, labels, _bit_matrix(codes, bits))
+        majority = (2 * votes > members[:, None]).to(torch.int64)
+        new = (majority << torch.arange(bits, device=codes.device)).sum(1)
+        for c in torch.nonzero(members == 0).flatten().tolist():
+            largest = int(members.argmax())
+            pool = torch.nonzero(labels == largest).flatten()
+            new[c] = codes[pool[torch.randint(len(pool), (1,), generator=generator).item()]]
+        if torch.equal(new, centroids):
+            break
+        centroids = new
+        labels = _hamming(codes, centroids, bits).argmin(1)
+    return labels
+
+
+def cluster_queries(q: Tensor, n_clusters: int, planes: Tensor, iterations: int = 10, generator: torch.Generator | None = None) -> Tensor:
+    """Cluster labels ``(B, H, N)`` of the queries ``q (B, H, N, D)``: hashing, then k-means per head."""
+    codes = hash_codes(q.detach(), planes)
+    bits = planes.shape[0]
+    flat = codes.reshape(-1, codes.shape[-1])
+    labels = torch.stack([hamming_kmeans(row, n_clusters, bits, iterations, generator) for row in flat])
+    return labels.reshape(codes.shape)
+
+
+def _key_mask(attn_mask: Tensor | None, is_causal: bool, batch: int, heads: int, keys: int, dtype: torch.dtype) -> Tensor | None:
+    """An additive ``(B, H, 1, S)`` key mask, or None. Only masks that are the same for every query fit."""
+    if is_causal:
+        raise ValueError(
+            "clustered attention does not support causal masks (is_causal=True), like the original: queries of one cluster share one row"
+        )
+    if attn_mask is None:
+        return None
+    if attn_mask.dim() > 4 or attn_mask.shape[-1] != keys or (attn_mask.dim() >= 2 and attn_mask.shape[-2] != 1):
+        raise ValueError(
+            f"clustered attention takes key masks only: attn_mask must broadcast to (B, H, 1, S) = ({batch}, {heads}, 1, {keys}), "
+            f"the same for every query; got {tuple(attn_mask.shape)}"
+        )
+    if attn_mask.dtype == torch.bool:
+        additive = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(attn_mask, -math.inf)
+    elif attn_mask.is_floating_point():
+        additive = attn_mask.to(dtype)
+    else:
+        raise TypeError(f"attn_mask must be bool (True = not allowed) or float (added to the scores), got {attn_mask.dtype}")
+    return additive.expand(batch, heads, 1, keys)
+
+
+def _softmax(scores: Tensor) -> Tensor:
+    """Row softmax whose fully masked rows (all -inf) are zeros, never NaN."""
+    dead = torch.isneginf(scores).all(-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0)
+
+
+def clustered_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    labels: Tensor,
+    n_clusters: int,
+    top_k: int = 0,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    need_weights: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Clustered (``top_k = 0``) or improved clustered attention with given cluster ``labels``.
+
+    Parameters
+    ----------
+    q, k, v : Tensor
+        ``(B, H, N, D)``, ``(B, H, S, D)``, ``(B, H, S, D_v)``.
+    labels : Tensor
+        ``(B, H, N)`` int64 in ``[0, n_clusters)``, e.g. from :func:`cluster_queries`.
+    n_clusters : int
+        The number of clusters ``C`` the labels index.
+    top_k : int
+        ``0``: clustered attention; ``1..S``: improved clustered attention on the top ``top_k``
+        keys of each centroid's row.
+    attn_mask : Tensor, optional
+        A KEY mask broadcastable to ``(B, H, 1, S)``: bool True = not allowed, float = added.
+    is_causal : bool
+        Refused (a cluster's queries share one row).
+    need_weights : bool
+        Also return the attention rows each query effectively used, ``(B, H, N, S)``.
+    scale : float, optional
+        Score scale, default ``1 / sqrt(D)``.
+
+    Returns
+    -------
+    (out (B, H, N, D_v), weights or None)
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be (B, H, length, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    batch, heads, queries, dim = q.shape
+    keys = k.shape[2]
+    if k.shape[:2] != (batch, heads) or v.shape[:3] != k.shape[:3] or k.shape[-1] != dim:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} disagree on (B, H), S or D")
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters must be at least 1, got {n_clusters}")
+    if not 0 <= top_k <= keys:
+        raise ValueError(f"top_k must be in 0..S = 0..{keys} (0: plain clustered attention), got {top_k}")
+    if labels.shape != (batch, heads, queries) or labels.dtype != torch.int64:
+        raise ValueError(f"labels must be int64 of shape (B, H, N) = {(batch, heads, queries)}, got {labels.dtype} {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_clusters):
+        raise ValueError(f"labels must lie in [0, n_clusters) = [0, {n_clusters})")
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    mask = _key_mask(attn_mask, is_causal, batch, heads, keys, q.dtype)
+
+    # centroids: the mean of each cluster's queries (an empty cluster's row is never used)
+    counts = torch.zeros(batch, heads, n_clusters, dtype=q.dtype, device=q.device)
+    counts.scatter_add_(2, labels, torch.ones_like(labels, dtype=q.dtype))
+    sums = torch.zeros(batch, heads, n_clusters, dim, dtype=q.dtype, device=q.device)
+    sums = sums.scatter_add(2, labels[..., None].expand(-1, -1, -1, dim), q)
+    centroids = sums / counts.clamp(min=1)[..., None]
+
+    scores = centroids @ k.transpose(-1, -2) * scale  # (B, H, C, S)
+    if mask is not None:
+        scores = scores + mask
+    rows = _softmax(scores)  # (B, H, C, S)
+    out_c = rows @ v  # (B, H, C, D_v)
+    member = labels[..., None]
+    out = out_c.gather(2, member.expand(-1, -1, -1, v.shape[-1]))
+    weights = rows.gather(2, member.expand(-1, -1, -1, keys)) if need_weights else None
+    if top_k == 0:
+        return out, weights
+
+    top_rows, top_idx = rows.topk(top_k, dim=-1)  # (B, H, C, k)
+    mass = top_rows.sum(-1)  # (B, H, C)
+    k_top = k[:, :, None].expand(-1, -1, n_clusters, -1, -1).gather(3, top_idx[..., None].expand(-1, -1, -1, -1, dim))
+    v_top = v[:, :, None].expand(-1, -1, n_clusters, -1, -1).gather(3, top_idx[..., None].expand(-1, -1, -1, -1, v.shape[-1]))
+    rest_c = out_c - (top_rows[..., None] * v_top).sum(-2)  # the centroid row off its top keys
+
+    idx = labels[..., None, None]
+    k_q = k_top.gather(2, idx.expand(-1, -1, -1, top_k, dim))  # (B, H, N, k, D)
+    v_q = v_top.gather(2, idx.expand(-1, -1, -1, top_k, v.shape[-1]))
+    exact = (q[..., None, :] * k_q).sum(-1) * scale  # (B, H, N, k)
+    if mask is not None:
+        mask_top = mask.expand(-1, -1, n_clusters, -1).gather(3, top_idx)  # (B, H, C, k)
+        exact = exact + mask_top.gather(2, labels[..., None].expand(-1, -1, -1, top_k))
+    mass_q = mass.gather(2, labels)[..., None]  # (B, H, N, 1)
+    p = _softmax(exact) * mass_q  # (B, H, N, k)
+    out = (p[..., None] * v_q).sum(-2) + rest_c.gather(2, member.expand(-1, -1, -1, v.shape[-1]))
+    if need_weights:
+        top_idx_q = top_idx.gather(2, labels[..., None].expand(-1, -1, -1, top_k))
+        weights = weights.scatter(3, top_idx_q, p)
+    return out, weights
+
+
+def clustered_shared_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    n_clusters: int,
+    top_k: int = 0,
+    bits: int = 31,
+    iterations: int = 10,
+    generator: torch.Generator | None = None,
+    planes: Tensor | None = None,
+    labels: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """(Improved) clustered attention with shared quaternion scores on ``(B, H, N, 4, d_h)`` tensors.
+
+    The shared score is the dot product of the flattened ``4·d_h`` vectors scaled by
+    ``1 / sqrt(4·d_h)``, so the queries are clustered ONCE as ``4·d_h`` real vectors and one
+    clustering serves all four value components (one row per cluster, not four). ``planes``
+    (``(bits, 4·d_h + 1)``) default to fresh ones drawn from ``generator``; ``labels`` given
+    explicitly skip the clustering. Returns ``(out (B, H, N, 4, d_v), weights (B, H, N, S) or None)``.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 5 or t.shape[-2] != 4:
+            raise ValueError(f"{name} must have shape (B, H, length, 4, d_h) with 4 quaternion components, got {tuple(t.shape)}")
+    qf, kf, vf = q.flatten(-2), k.flatten(-2), v.flatten(-2)
+    if labels is None:
+        if planes is None:
+            planes = random_planes(qf.shape[-1], bits, generator, dtype=qf.dtype)
+        labels = cluster_queries(qf, n_clusters, planes, iterations, generator)
+    out, weights = clustered_attention(qf, kf, vf, labels, n_clusters, top_k, attn_mask, is_causal, need_weights)
+    return out.unflatten(-1, (4, v.shape[-1])), weights

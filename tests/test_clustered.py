@@ -1,0 +1,202 @@
+"""Clustered and improved clustered attention: exactness limits, the paper's proposition, a loop reference, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qattn.attention.clustered import (
+    MAX_BITS,
+    cluster_queries,
+    clustered_attention,
+    clustered_shared_attention,
+    hamming_kmeans,
+    hash_codes,
+    random_planes,
+)
+from qattn.attention.shared_score import shared_score_attention
+
+
+def full_attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(mask, -math.inf)
+    weights = torch.softmax(scores, -1)
+    return weights @ v, weights
+
+
+def loop_reference(q, k, v, labels, n_clusters, top_k):
+    """Clustered / improved clustered attention written as plain loops over heads, clusters and queries."""
+    batch, heads, n, d = q.shape
+    out = torch.zeros(batch, heads, n, v.shape[-1], dtype=q.dtype)
+    rows_out = torch.zeros(batch, heads, n, k.shape[2], dtype=q.dtype)
+    for b in range(batch):
+        for h in range(heads):
+            for c in range(n_clusters):
+                members = [i for i in range(n) if labels[b, h, i] == c]
+                if not members:
+                    continue
+                centroid = torch.stack([q[b, h, i] for i in members]).mean(0)
+                row = torch.softmax(k[b, h] @ centroid / math.sqrt(d), -1)
+                top = sorted(range(k.shape[2]), key=lambda j: -float(row[j]))[:top_k] if top_k else []
+                mass = sum(float(row[j]) for j in top)
+                for i in members:
+                    r = row.clone()
+                    if top:
+                        exact = torch.softmax(torch.stack([k[b, h, j] @ q[b, h, i] / math.sqrt(d) for j in top]), -1)
+                        for j, p in zip(top, exact):
+                            r[j] = mass * p
+                    rows_out[b, h, i] = r
+                    out[b, h, i] = r @ v[b, h]
+    return out, rows_out
+
+
+def tensors(batch=2, heads=3, n=12, s=10, d=5, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(batch, heads, n, d, generator=g, dtype=dtype),
+        torch.randn(batch, heads, s, d, generator=g, dtype=dtype),
+        torch.randn(batch, heads, s, 7, generator=g, dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_every_query_its_own_cluster_is_full_attention(dtype, tol):
+    q, k, v = tensors(dtype=dtype)
+    labels = torch.arange(q.shape[2]).expand(q.shape[:3]).contiguous()
+    out, weights = clustered_attention(q, k, v, labels, q.shape[2], need_weights=True)
+    ref, ref_w = full_attention(q, k, v)
+    assert torch.allclose(out, ref, atol=tol, rtol=0) and torch.allclose(weights, ref_w, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("n_clusters", [1, 3])
+def test_improved_with_every_key_is_full_attention(dtype, tol, n_clusters):
+    q, k, v = tensors(dtype=dtype)
+    labels = torch.randint(n_clusters, q.shape[:3], generator=torch.Generator().manual_seed(1))
+    out, weights = clustered_attention(q, k, v, labels, n_clusters, top_k=k.shape[2], need_weights=True)
+    ref, ref_w = full_attention(q, k, v)
+    assert torch.allclose(out, ref, atol=tol, rtol=0) and torch.allclose(weights, ref_w, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 4])
+def test_equals_a_loop_reference(top_k):
+    q, k, v = tensors()
+    labels = torch.randint(4, q.shape[:3], generator=torch.Generator().manual_seed(2))
+    out, weights = clustered_attention(q, k, v, labels, 4, top_k=top_k, need_weights=True)
+    ref, ref_rows = loop_reference(q, k, v, labels, 4, top_k)
+    assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(weights, ref_rows, atol=1e-12)
+    assert torch.allclose(weights.sum(-1), torch.ones(()).double())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 24),
+    s=st.integers(2, 16),
+    d=st.integers(1, 8),
+    n_clusters=st.integers(1, 6),
+    top_k=st.integers(1, 16),
+    spread=st.floats(0.1, 3.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_improved_is_never_farther_from_full_attention_than_clustered(n, s, d, n_clusters, top_k, spread, seed):
+    """Proposition 2 of the paper, per query: ‖A_i − Â_i‖₁ ≤ ‖A_i − A^c_i‖₁."""
+    g = torch.Generator().manual_seed(seed)
+    q = spread * torch.randn(1, 2, n, d, generator=g, dtype=torch.float64)
+    k = spread * torch.randn(1, 2, s, d, generator=g, dtype=torch.float64)
+    v = torch.randn(1, 2, s, 3, generator=g, dtype=torch.float64)
+    labels = torch.randint(n_clusters, (1, 2, n), generator=g)
+    top_k = min(top_k, s)
+    _, full = full_attention(q, k, v)
+    _, plain = clustered_attention(q, k, v, labels, n_clusters, need_weights=True)
+    _, improved = clustered_attention(q, k, v, labels, n_clusters, top_k=top_k, need_weights=True)
+    gap_plain = (full - plain).abs().sum(-1)
+    gap_improved = (full - improved).abs().sum(-1)
+    assert (gap_improved <= gap_plain + 1e-12).all(), (gap_improved - gap_plain).max()
+
+
+def test_a_checker_that_swapped_the_two_would_fail():
+    """Negative control: on the same inputs the reverse inequality does not hold everywhere."""
+    q, k, v = tensors(n=20, s=12, seed=3)
+    labels = torch.randint(3, q.shape[:3], generator=torch.Generator().manual_seed(3))
+    _, full = full_attention(q, k, v)
+    _, plain = clustered_attention(q, k, v, labels, 3, need_weights=True)
+    _, improved = clustered_attention(q, k, v, labels, 3, top_k=4, need_weights=True)
+    assert ((full - plain).abs().sum(-1) > (full - improved).abs().sum(-1) + 1e-9).any()
+
+
+def test_gradients_reach_every_member_query_through_the_centroid():
+    q, k, v = tensors()
+    q.requires_grad_(True)
+    labels = torch.randint(3, q.shape[:3], generator=torch.Generator().manual_seed(4))
+    for top_k in (0, 3):
+        q.grad = None
+        out, _ = clustered_attention(q, k, v, labels, 3, top_k=top_k)
+        out.square().sum().backward()
+        assert (q.grad.abs().sum(-1) > 0).all(), f"top_k={top_k}: a query got no gradient"
+    assert torch.autograd.gradcheck(lambda x: clustered_attention(x, k, v, labels, 3, top_k=3)[0], (q.detach().requires_grad_(),))
+
+
+def test_key_padding_masks_and_dead_rows():
+    q, k, v = tensors()
+    mask = torch.zeros(2, 1, 1, k.shape[2], dtype=torch.bool)
+    mask[0, ..., -3:] = True
+    mask[1] = True  # every key of batch 1 masked: zeros, never NaN
+    labels = torch.arange(q.shape[2]).expand(q.shape[:3]).contiguous()
+    out, weights = clustered_attention(q, k, v, labels, q.shape[2], top_k=2, attn_mask=mask, need_weights=True)
+    ref, ref_w = full_attention(q[:1], k[:1], v[:1], mask[:1])
+    assert torch.allclose(out[:1], ref, atol=1e-10) and torch.allclose(weights[:1], ref_w, atol=1e-10)
+    assert torch.all(weights[0, ..., -3:] == 0)
+    assert torch.all(out[1] == 0) and not torch.isnan(out).any()
+
+
+def test_bad_arguments_are_refused_by_name():
+    q, k, v = tensors()
+    labels = torch.zeros(q.shape[:3], dtype=torch.int64)
+    with pytest.raises(ValueError, match="n_clusters"):
+        clustered_attention(q, k, v, labels, 0)
+    with pytest.raises(ValueError, match="top_k"):
+        clustered_attention(q, k, v, labels, 1, top_k=k.shape[2] + 1)
+    with pytest.raises(ValueError, match="causal"):
+        clustered_attention(q, k, v, labels, 1, is_causal=True)
+    with pytest.raises(ValueError, match="key masks only"):
+        clustered_attention(q, k, v, labels, 1, attn_mask=torch.zeros(q.shape[2], k.shape[2], dtype=torch.bool))
+    with pytest.raises(ValueError, match="labels"):
+        clustered_attention(q, k, v, labels + 1, 1)
+    with pytest.raises(ValueError, match="bits"):
+        random_planes(4, MAX_BITS + 1)
+    with pytest.raises(ValueError, match="bits"):
+        random_planes(4, 0)
+
+
+def test_hashing_and_kmeans_are_seeded_and_group_identical_queries():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 6, generator=g)
+    q = base.repeat_interleave(5, 0)  # 4 groups of 5 identical queries
+    planes = random_planes(6, 16, torch.Generator().manual_seed(1))
+    codes = hash_codes(q, planes)
+    assert codes.dtype == torch.int64 and len(torch.unique(codes)) <= 4
+    labels = hamming_kmeans(codes, 4, 16, generator=torch.Generator().manual_seed(2))
+    for group in range(4):
+        assert len(torch.unique(labels[group * 5 : group * 5 + 5])) == 1, "identical queries share a cluster"
+    again = hamming_kmeans(codes, 4, 16, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(labels, again)
+    batched = cluster_queries(q[None, None], 4, planes, generator=torch.Generator().manual_seed(2))
+    assert batched.shape == (1, 1, 20) and int(batched.max()) < 4
+
+
+def test_quaternion_shared_scores_cluster_once_for_all_components():
+    """With every query its own cluster, the quaternion variant equals shared-score attention."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, n, 4, 3, generator=g, dtype=torch.float64) for n in (9, 7, 7))
+    labels = torch.arange(9).expand(2, 2, 9).contiguous()
+    out, weights = clustered_shared_attention(q, k, v, n_clusters=9, labels=labels, need_weights=True)
+    ref, ref_w = shared_score_attention(q, k, v, need_weights=True)
+    assert out.shape == (2, 2, 9, 4, 3) and weights.shape == (2, 2, 9, 7)
+    assert torch.allclose(out, ref, atol=1e-10) and torch.allclose(weights, ref_w, atol=1e-10)
+    clustered, _ = clustered_shared_attention(q, k, v, n_clusters=3, top_k=2, generator=torch.Generator().manual_seed(6))
+    assert clustered.shape == ref.shape and torch.isfinite(clustered).all()

@@ -200,3 +200,31 @@ def test_quaternion_shared_scores_cluster_once_for_all_components():
     assert torch.allclose(out, ref, atol=1e-10) and torch.allclose(weights, ref_w, atol=1e-10)
     clustered, _ = clustered_shared_attention(q, k, v, n_clusters=3, top_k=2, generator=torch.Generator().manual_seed(6))
     assert clustered.shape == ref.shape and torch.isfinite(clustered).all()
+
+
+def test_hamming_distances_equal_a_bit_count():
+    from qattn.attention.clustered import _hamming
+
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randint(0, 2**40, (50,), generator=g), torch.randint(0, 2**40, (9,), generator=g)
+    brute = torch.tensor([[bin(int(x) ^ int(y)).count("1") for y in b] for x in a])
+    assert torch.equal(_hamming(a, b, 40), brute)
+
+
+def test_the_chapter_experiment_runs_and_reports_its_headlines():
+    from qattn.book.experiments import clustered_attention as chapter
+
+    cfg = chapter.config_for(
+        "ci", length=64, heads=2, clusters=(2, 0), top_ks=(0, 4), timing_lengths=(64, 128), timing_repeats=1, timing_min_time_s=0.0
+    )
+    metrics = chapter.run(cfg, log=lambda line: None)
+    names = [h["name"] for h in metrics["headline"]]
+    assert "queries where improved clustered is farther from full attention than clustered" in names
+    exact = next(h for h in metrics["headline"] if h["name"].startswith("row L1 distance"))
+    assert exact["value"] <= 1e-5
+    assert (
+        metrics["approximation"]["proposition_violations"] == 0 and metrics["approximation"]["proposition_checked"] == 2 * 2 * 64
+    )  # C settings × heads × queries
+    assert {r["variant"] for r in metrics["timing"]["rows"]} == {"full", "clustered", "improved"}
+    with pytest.raises(ValueError, match="unknown config field"):
+        chapter.config_for("ci", clusterz=3)

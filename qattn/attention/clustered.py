@@ -77,9 +77,13 @@ def _bit_matrix(codes: Tensor, bits: int) -> Tensor:
 
 
 def _hamming(a: Tensor, b: Tensor, bits: int) -> Tensor:
-    """Hamming distances between the codes ``a (n,)`` and ``b (c,)``: ``(n, c)``."""
-    x = a[:, None] ^ b[None, :]
-    return sum((x >> i) & 1 for i in range(bits))
+    """Hamming distances between the codes ``a (n,)`` and ``b (c,)``: ``(n, c)`` int64.
+
+    As one matrix product of the bit matrices: ``|x ⊕ y| = |x| + |y| − 2·x·y`` (exact: the
+    counts are small integers).
+    """
+    x, y = _bit_matrix(a, bits).to(torch.float32), _bit_matrix(b, bits).to(torch.float32)
+    return (x.sum(1)[:, None] + y.sum(1)[None, :] - 2 * (x @ y.T)).round().to(torch.int64)
 
 
 def hamming_kmeans(codes: Tensor, n_clusters: int, bits: int, iterations: int = 10, generator: torch.Generator | None = None) -> Tensor:
@@ -150,6 +154,40 @@ def _softmax(scores: Tensor) -> Tensor:
     """Row softmax whose fully masked rows (all -inf) are zeros, never NaN."""
     dead = torch.isneginf(scores).all(-1, keepdim=True)
     return torch.softmax(scores.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0)
+
+
+def _by_cluster(labels: Tensor, n_clusters: int) -> tuple[Tensor, Tensor, list[int]]:
+    """For one head: the query order that groups the clusters, its inverse, and the cluster sizes."""
+    order = labels.argsort(stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return order, inverse, torch.bincount(labels, minlength=n_clusters).tolist()
+
+
+def _scores_on_cluster_keys(q: Tensor, k_top: Tensor, labels: Tensor, n_clusters: int) -> Tensor:
+    """``q_i · k_j`` for every query and the top keys of its cluster: ``(B, H, N, k)``.
+
+    The queries of each cluster are grouped (sorted by label) so that each cluster is one matrix
+    product with its ``k`` keys, instead of gathering a ``(N, k, D)`` copy of the keys.
+    """
+    heads = []
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            order, inverse, sizes = _by_cluster(labels[b, h], n_clusters)
+            parts = [qc @ k_top[b, h, c].T for c, qc in enumerate(q[b, h][order].split(sizes)) if sizes[c]]
+            heads.append(torch.cat(parts)[inverse])
+    return torch.stack(heads).unflatten(0, q.shape[:2])
+
+
+def _weighted_cluster_values(p: Tensor, v_top: Tensor, labels: Tensor, n_clusters: int) -> Tensor:
+    """``Σ_j p_ij v_j`` over the top keys of each query's cluster: ``(B, H, N, D_v)`` (grouped like the scores)."""
+    heads = []
+    for b in range(p.shape[0]):
+        for h in range(p.shape[1]):
+            order, inverse, sizes = _by_cluster(labels[b, h], n_clusters)
+            parts = [pc @ v_top[b, h, c] for c, pc in enumerate(p[b, h][order].split(sizes)) if sizes[c]]
+            heads.append(torch.cat(parts)[inverse])
+    return torch.stack(heads).unflatten(0, p.shape[:2])
 
 
 def clustered_attention(
@@ -231,16 +269,13 @@ def clustered_attention(
     v_top = v[:, :, None].expand(-1, -1, n_clusters, -1, -1).gather(3, top_idx[..., None].expand(-1, -1, -1, -1, v.shape[-1]))
     rest_c = out_c - (top_rows[..., None] * v_top).sum(-2)  # the centroid row off its top keys
 
-    idx = labels[..., None, None]
-    k_q = k_top.gather(2, idx.expand(-1, -1, -1, top_k, dim))  # (B, H, N, k, D)
-    v_q = v_top.gather(2, idx.expand(-1, -1, -1, top_k, v.shape[-1]))
-    exact = (q[..., None, :] * k_q).sum(-1) * scale  # (B, H, N, k)
+    exact = _scores_on_cluster_keys(q, k_top, labels, n_clusters) * scale  # (B, H, N, k)
     if mask is not None:
         mask_top = mask.expand(-1, -1, n_clusters, -1).gather(3, top_idx)  # (B, H, C, k)
         exact = exact + mask_top.gather(2, labels[..., None].expand(-1, -1, -1, top_k))
     mass_q = mass.gather(2, labels)[..., None]  # (B, H, N, 1)
     p = _softmax(exact) * mass_q  # (B, H, N, k)
-    out = (p[..., None] * v_q).sum(-2) + rest_c.gather(2, member.expand(-1, -1, -1, v.shape[-1]))
+    out = _weighted_cluster_values(p, v_top, labels, n_clusters) + rest_c.gather(2, member.expand(-1, -1, -1, v.shape[-1]))
     if need_weights:
         top_idx_q = top_idx.gather(2, labels[..., None].expand(-1, -1, -1, top_k))
         weights = weights.scatter(3, top_idx_q, p)

@@ -32,6 +32,7 @@ CHAPTERS: dict[str, bool] = {
     "vqa": False,
     "speech_enhancement": True,
     "performance": False,
+    "clustered_attention": False,
 }
 
 

@@ -228,3 +228,12 @@ def test_the_chapter_experiment_runs_and_reports_its_headlines():
     assert {r["variant"] for r in metrics["timing"]["rows"]} == {"full", "clustered", "improved"}
     with pytest.raises(ValueError, match="unknown config field"):
         chapter.config_for("ci", clusterz=3)
+
+
+def test_the_chapter_memory_workload_builds_a_forward_pass():
+    from qattn.book.experiments import clustered_attention as chapter
+
+    cfg = chapter.config_for("ci", heads=1, timing_clusters=4)
+    for variant in chapter.VARIANTS:
+        call = chapter.forward_workload(variant, 32, cfg.to_dict())
+        assert call() is None

@@ -14,9 +14,13 @@ Two measurements with :mod:`qattn.attention.clustered`:
    clustered at ``timing_clusters`` and ``timing_top_k``, interleaved (:mod:`qattn.book.harness.timing`),
    and the crossover length from which each is faster than full attention.
 
-Not yet here (later parts of the chapter): peak memory, forward + backward, the inference-time
-swap into a trained model, training with clustered attention, and the quaternion Hamilton
-variant's shared clustering.
+3. **Forward + backward time** (gradients with respect to queries, keys and values) at
+   ``backward_lengths``, interleaved the same way.
+4. **Peak memory** of one forward pass per variant and length (``memory_lengths``), each in a
+   fresh process (:func:`qattn.book.harness.memory.peak_memory`: the rise of the resident set).
+
+Not yet here (later parts of the chapter): the inference-time swap into a trained model,
+training with clustered attention, and the quaternion Hamilton variant's shared clustering.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from torch import Tensor
 
 from qattn.attention.clustered import cluster_queries, clustered_attention, random_planes
 from qattn.book.harness.config import ExperimentConfig
+from qattn.book.harness.memory import peak_memory
 from qattn.book.harness.timing import summary, time_interleaved
 from qattn.book.harness.training import torch_threads
 from qattn.book.headline import headline
 
-__all__ = ["ClusteredConfig", "config_for", "run", "mixture_inputs", "approximation", "timing", "crossover"]
+__all__ = ["ClusteredConfig", "config_for", "run", "mixture_inputs", "approximation", "timing", "crossover", "forward_workload", "memory"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class ClusteredConfig(ExperimentConfig):
             "timing_repeats": 3,
             "timing_min_time_s": 0.02,
             "timing_clusters": 16,
+            "backward_lengths": (256, 512),
+            "memory_lengths": (512,),
         },
     }
 
@@ -73,6 +80,8 @@ class ClusteredConfig(ExperimentConfig):
     timing_top_k: int = 32
     timing_repeats: int = 5
     timing_min_time_s: float = 0.2
+    backward_lengths: tuple[int, ...] = (1024, 4096, 8192)
+    memory_lengths: tuple[int, ...] = (1024, 4096, 16384)
     threads: int | None = 2
 
 
@@ -181,6 +190,86 @@ def timing(cfg: ClusteredConfig, log: Callable[[str], None] = print) -> dict[str
     return {"rows": rows, "crossover": cross}
 
 
+VARIANTS = ("full", "clustered", "improved")
+
+
+def _call(variant: str, q: Tensor, k: Tensor, v: Tensor, cfg: ClusteredConfig, planes: Tensor) -> Tensor:
+    """One forward pass of ``variant`` (the clustering included for the clustered ones)."""
+    if variant == "full":
+        return F.scaled_dot_product_attention(q, k, v)
+    c = min(cfg.timing_clusters, q.shape[2])
+    labels = cluster_queries(q, c, planes, cfg.iterations, torch.Generator().manual_seed(cfg.seed))
+    return clustered_attention(q, k, v, labels, c, top_k=min(cfg.timing_top_k, k.shape[2]) if variant == "improved" else 0)[0]
+
+
+def forward_workload(variant: str, length: int, config: dict[str, Any]) -> Callable[[], Any]:
+    """The memory probe's workload (:func:`qattn.book.harness.memory.peak_memory`): inputs built, one forward to measure."""
+    cfg = ClusteredConfig.from_dict(config)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    planes = random_planes(cfg.dim, cfg.bits, gen)
+    q, k, v = mixture_inputs(cfg, length, gen)
+
+    def call() -> None:
+        with torch.inference_mode():
+            _call(variant, q, k, v, cfg, planes)
+
+    return call
+
+
+def memory(cfg: ClusteredConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Peak extra resident memory of one forward pass per variant and length, each in a fresh process."""
+    rows = []
+    for n in cfg.memory_lengths:
+        for variant in VARIANTS:
+            probe = peak_memory(
+                "qattn.book.experiments.clustered_attention:forward_workload",
+                {"variant": variant, "length": n, "config": cfg.to_dict()},
+                threads=cfg.threads,
+            )
+            rows.append({"length": n, "variant": variant, **probe})
+        log(
+            f"[clustered_attention] memory N={n}: "
+            + ", ".join(
+                f"{r['variant']} {r['peak_bytes'] / 2**20:.0f} MiB" if r.get("ok") else f"{r['variant']} failed"
+                for r in rows
+                if r["length"] == n
+            )
+        )
+    return rows
+
+
+def backward_timing(cfg: ClusteredConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Interleaved forward + backward times (gradients of q, k, v) at ``backward_lengths``."""
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    planes = random_planes(cfg.dim, cfg.bits, gen)
+    rows = []
+    for i, n in enumerate(cfg.backward_lengths):
+        q, k, v = (t.requires_grad_() for t in mixture_inputs(cfg, n, gen))
+
+        def step(variant: str, q: Tensor = q, k: Tensor = k, v: Tensor = v) -> Callable[[], None]:
+            def call() -> None:
+                for t in (q, k, v):
+                    t.grad = None
+                _call(variant, q, k, v, cfg, planes).sum().backward()
+
+            return call
+
+        timed = summary(
+            time_interleaved(
+                {name: step(name) for name in VARIANTS},
+                repeats=cfg.timing_repeats,
+                warmup=1 if i == 0 else 0,
+                min_time_s=cfg.timing_min_time_s,
+            )
+        )
+        rows += [{"length": n, "variant": name, **t} for name, t in timed.items()]
+        log(
+            f"[clustered_attention] forward+backward N={n}: "
+            + ", ".join(f"{name} {t['median_s'] * 1e3:.1f} ms" for name, t in timed.items())
+        )
+    return rows
+
+
 def run(config: ClusteredConfig | Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Both measurements; returns JSON-ready metrics with ``headline``."""
     cfg = ClusteredConfig.coerce(config)
@@ -188,6 +277,8 @@ def run(config: ClusteredConfig | Mapping[str, Any], log: Callable[[str], None] 
     with torch_threads(cfg.threads):
         approx = approximation(cfg, log)
         timed = timing(cfg, log)
+        timed["backward_rows"] = backward_timing(cfg, log)
+        mem = memory(cfg, log)
     exact = [r for r in approx["rows"] if r["clusters"] == cfg.length]
     longest = max(cfg.timing_lengths)
     med = {(r["variant"], r["length"]): r["median_s"] for r in timed["rows"]}
@@ -216,9 +307,23 @@ def run(config: ClusteredConfig | Mapping[str, Any], log: Callable[[str], None] 
                 + "; >1 means faster than torch's fused full attention on this CPU",
             )
         )
+    peak = {(r["variant"], r["length"]): r.get("peak_bytes") for r in mem if r.get("ok")}
+    top = max(cfg.memory_lengths)
+    for name in ("clustered", "improved"):
+        if peak.get(("full", top)) and peak.get((name, top)):
+            heads.append(
+                headline(
+                    f"full / {name} peak forward memory, N={top}",
+                    peak[("full", top)] / peak[(name, top)],
+                    tolerance=0.5,
+                    kind="ratio",
+                    note="peak resident memory above the process's level before the call, fresh process each; >1: less than full",
+                )
+            )
     return {
         "approximation": approx,
         "timing": timed,
+        "memory": mem,
         "threads": torch.get_num_threads() if cfg.threads is None else cfg.threads,
         "wall_s": time.perf_counter() - start,
         "headline": heads,

@@ -225,7 +225,8 @@ def test_the_chapter_experiment_runs_and_reports_its_headlines():
     assert (
         metrics["approximation"]["proposition_violations"] == 0 and metrics["approximation"]["proposition_checked"] == 2 * 2 * 64
     )  # C settings × heads × queries
-    assert {r["variant"] for r in metrics["timing"]["rows"]} == {"full", "clustered", "improved"}
+    assert {r["variant"] for r in metrics["timing"]["rows"]} == {"full", "clustered", "improved", "clustering", "hamilton_clustered"}
+    assert all(0 < s < 1 for s in metrics["timing"]["hamilton_shared_clustering_saving"].values())
     with pytest.raises(ValueError, match="unknown config field"):
         chapter.config_for("ci", clusterz=3)
 
@@ -237,3 +238,26 @@ def test_the_chapter_memory_workload_builds_a_forward_pass():
     for variant in chapter.VARIANTS:
         call = chapter.forward_workload(variant, 32, cfg.to_dict())
         assert call() is None
+
+
+def test_hamilton_scores_share_one_clustering_and_reach_hamilton_attention_at_the_limit():
+    from qattn.attention.clustered import clustered_hamilton_attention
+    from qattn.attention.hamilton import hamilton_attention
+
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 2, n, 4, 3, generator=g, dtype=torch.float64) for n in (9, 7, 7))
+    own = torch.arange(9).expand(2, 2, 9).contiguous()
+    out, weights = clustered_hamilton_attention(q, k, v, n_clusters=9, labels=own, need_weights=True)
+    ref, ref_w = hamilton_attention(q, k, v, need_weights=True)
+    assert out.shape == ref.shape and weights.shape == ref_w.shape == (2, 2, 4, 9, 7)
+    assert torch.allclose(out, ref, atol=1e-10) and torch.allclose(weights, ref_w, atol=1e-10)
+    improved, _ = clustered_hamilton_attention(q, k, v, n_clusters=2, top_k=7, labels=torch.zeros(2, 2, 9, dtype=torch.int64))
+    assert torch.allclose(improved, ref, atol=1e-10), "top_k = S is exact whatever the clustering"
+    # one clustering for the four maps: every map's row is a function of the same labels
+    labels = torch.randint(3, (2, 2, 9), generator=g)
+    _, w = clustered_hamilton_attention(q, k, v, n_clusters=3, labels=labels, need_weights=True)
+    for b in range(2):
+        for h in range(2):
+            for c in range(3):
+                rows = w[b, h][:, labels[b, h] == c]  # (4 maps, members, S)
+                assert torch.allclose(rows, rows[:, :1].expand_as(rows)), "members of a cluster share each map's row"

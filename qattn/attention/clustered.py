@@ -23,7 +23,11 @@ cluster the clustered attention is full attention, and with ``top_k = S`` the im
 Quaternion queries with shared scores are plain ``4·d_h`` real vectors (the shared score is their
 dot product, :mod:`qattn.attention.shared_score`), so ONE clustering of the flattened queries
 serves all four value components: :func:`clustered_shared_attention` works on the book's
-``(B, H, N, 4, d_h)`` layout.
+``(B, H, N, 4, d_h)`` layout. Hamilton (component-wise) scores form four maps, each the dot
+product of the SAME flattened query with a signed, permuted copy of the key
+(:func:`qattn.attention.hamilton.signed_key_copies`), so one clustering of the queries serves
+the four maps too (:func:`clustered_hamilton_attention`): one hashing and one k-means per head
+instead of four, and ``4·C`` centroid rows instead of ``4·N`` rows.
 
 Randomness comes from an explicit ``torch.Generator`` (the hyperplanes, the initial centroids,
 re-seeded empty clusters); nothing touches torch's global random state.
@@ -36,6 +40,8 @@ import math
 import torch
 from torch import Tensor
 
+from qattn.attention.hamilton import signed_key_copies
+
 __all__ = [
     "MAX_BITS",
     "random_planes",
@@ -44,6 +50,7 @@ __all__ = [
     "cluster_queries",
     "clustered_attention",
     "clustered_shared_attention",
+    "clustered_hamilton_attention",
 ]
 
 MAX_BITS = 63  # codes are int64 bit fields
@@ -315,3 +322,43 @@ def clustered_shared_attention(
         labels = cluster_queries(qf, n_clusters, planes, iterations, generator)
     out, weights = clustered_attention(qf, kf, vf, labels, n_clusters, top_k, attn_mask, is_causal, need_weights)
     return out.unflatten(-1, (4, v.shape[-1])), weights
+
+
+def clustered_hamilton_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    n_clusters: int,
+    top_k: int = 0,
+    bits: int = 31,
+    iterations: int = 10,
+    generator: torch.Generator | None = None,
+    planes: Tensor | None = None,
+    labels: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """(Improved) clustered attention with Hamilton (component-wise) scores on ``(B, H, N, 4, d_h)`` tensors.
+
+    Map ``m`` scores the flattened query against the ``m``-th signed key copy and aggregates value
+    component ``m`` (as :func:`qattn.attention.hamilton.hamilton_attention`); the queries are
+    clustered ONCE and the labels serve all four maps. Returns ``(out (B, H, N, 4, d_v),
+    weights (B, H, 4, N, S) or None)``.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 5 or t.shape[-2] != 4:
+            raise ValueError(f"{name} must have shape (B, H, length, 4, d_h) with 4 quaternion components, got {tuple(t.shape)}")
+    qf = q.flatten(-2)
+    if labels is None:
+        if planes is None:
+            planes = random_planes(qf.shape[-1], bits, generator, dtype=qf.dtype)
+        labels = cluster_queries(qf, n_clusters, planes, iterations, generator)
+    keys = signed_key_copies(k)  # (B, H, 4, S, 4·d_h)
+    maps = [
+        clustered_attention(qf, keys[:, :, m], v[..., m, :], labels, n_clusters, top_k, attn_mask, is_causal, need_weights)
+        for m in range(4)
+    ]
+    out = torch.stack([o for o, _ in maps], dim=-2)
+    weights = torch.stack([w for _, w in maps], dim=2) if need_weights else None
+    return out, weights

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from qattn.attention.hamilton import signed_key_copies
+from qattn.attention.shared_score import check_core_inputs
 
 __all__ = [
     "MAX_BITS",
@@ -84,12 +85,17 @@ def _bit_matrix(codes: Tensor, bits: int) -> Tensor:
 
 
 def _hamming(a: Tensor, b: Tensor, bits: int) -> Tensor:
-    """Hamming distances between the codes ``a (n,)`` and ``b (c,)``: ``(n, c)`` int64.
+    """Hamming distances between the codes ``a (n,)`` and ``b (c,)``: ``(n, c)`` int64."""
+    return _hamming_bits(_bit_matrix(a, bits).to(torch.float32), b, bits)
+
+
+def _hamming_bits(x: Tensor, b: Tensor, bits: int) -> Tensor:
+    """Hamming distances from codes given as a float 0/1 bit matrix ``x (n, bits)`` to the codes ``b (c,)``.
 
     As one matrix product of the bit matrices: ``|x ⊕ y| = |x| + |y| − 2·x·y`` (exact: the
     counts are small integers).
     """
-    x, y = _bit_matrix(a, bits).to(torch.float32), _bit_matrix(b, bits).to(torch.float32)
+    y = _bit_matrix(b, bits).to(torch.float32)
     return (x.sum(1)[:, None] + y.sum(1)[None, :] - 2 * (x @ y.T)).round().to(torch.int64)
 
 
@@ -108,11 +114,13 @@ def hamming_kmeans(codes: Tensor, n_clusters: int, bits: int, iterations: int = 
     distinct = torch.unique(codes)
     order = torch.randperm(len(distinct), generator=generator)[: min(n_clusters, len(distinct))]
     centroids = distinct[order.to(distinct.device)]
-    labels = _hamming(codes, centroids, bits).argmin(1)
+    code_bits = _bit_matrix(codes, bits)  # (n, bits), computed once for every iteration
+    code_bits_f = code_bits.to(torch.float32)
+    labels = _hamming_bits(code_bits_f, centroids, bits).argmin(1)
     for _ in range(iterations):
         members = torch.bincount(labels, minlength=len(centroids))
         votes = torch.zeros(len(centroids), bits, dtype=torch.int64, device=codes.device)
-        votes.index_add_(0, labels, _bit_matrix(codes, bits))
+        votes.index_add_(0, labels, code_bits)
         majority = (2 * votes > members[:, None]).to(torch.int64)
         new = (majority << torch.arange(bits, device=codes.device)).sum(1)
         for c in torch.nonzero(members == 0).flatten().tolist():
@@ -122,7 +130,7 @@ def hamming_kmeans(codes: Tensor, n_clusters: int, bits: int, iterations: int = 
         if torch.equal(new, centroids):
             break
         centroids = new
-        labels = _hamming(codes, centroids, bits).argmin(1)
+        labels = _hamming_bits(code_bits_f, centroids, bits).argmin(1)
     return labels
 
 
@@ -289,6 +297,24 @@ def clustered_attention(
     return out, weights
 
 
+def _labels_once(
+    qf: Tensor,
+    n_clusters: int,
+    bits: int,
+    iterations: int,
+    generator: torch.Generator | None,
+    planes: Tensor | None,
+    labels: Tensor | None,
+) -> Tensor:
+    """The one clustering of the flattened quaternion queries ``qf (B, H, N, 4·d_h)``: ``labels`` if
+    given, else hashing with ``planes`` (fresh ones from ``generator`` if None) and k-means."""
+    if labels is not None:
+        return labels
+    if planes is None:
+        planes = random_planes(qf.shape[-1], bits, generator, dtype=qf.dtype)
+    return cluster_queries(qf, n_clusters, planes, iterations, generator)
+
+
 def clustered_shared_attention(
     q: Tensor,
     k: Tensor,
@@ -312,14 +338,9 @@ def clustered_shared_attention(
     (``(bits, 4·d_h + 1)``) default to fresh ones drawn from ``generator``; ``labels`` given
     explicitly skip the clustering. Returns ``(out (B, H, N, 4, d_v), weights (B, H, N, S) or None)``.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 5 or t.shape[-2] != 4:
-            raise ValueError(f"{name} must have shape (B, H, length, 4, d_h) with 4 quaternion components, got {tuple(t.shape)}")
+    check_core_inputs(q, k, v)
     qf, kf, vf = q.flatten(-2), k.flatten(-2), v.flatten(-2)
-    if labels is None:
-        if planes is None:
-            planes = random_planes(qf.shape[-1], bits, generator, dtype=qf.dtype)
-        labels = cluster_queries(qf, n_clusters, planes, iterations, generator)
+    labels = _labels_once(qf, n_clusters, bits, iterations, generator, planes, labels)
     out, weights = clustered_attention(qf, kf, vf, labels, n_clusters, top_k, attn_mask, is_causal, need_weights)
     return out.unflatten(-1, (4, v.shape[-1])), weights
 
@@ -346,14 +367,9 @@ def clustered_hamilton_attention(
     clustered ONCE and the labels serve all four maps. Returns ``(out (B, H, N, 4, d_v),
     weights (B, H, 4, N, S) or None)``.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 5 or t.shape[-2] != 4:
-            raise ValueError(f"{name} must have shape (B, H, length, 4, d_h) with 4 quaternion components, got {tuple(t.shape)}")
+    check_core_inputs(q, k, v)
     qf = q.flatten(-2)
-    if labels is None:
-        if planes is None:
-            planes = random_planes(qf.shape[-1], bits, generator, dtype=qf.dtype)
-        labels = cluster_queries(qf, n_clusters, planes, iterations, generator)
+    labels = _labels_once(qf, n_clusters, bits, iterations, generator, planes, labels)
     keys = signed_key_copies(k)  # (B, H, 4, S, 4·d_h)
     maps = [
         clustered_attention(qf, keys[:, :, m], v[..., m, :], labels, n_clusters, top_k, attn_mask, is_causal, need_weights)

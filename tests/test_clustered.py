@@ -164,7 +164,9 @@ def test_bad_arguments_are_refused_by_name():
     with pytest.raises(ValueError, match="causal"):
         clustered_attention(q, k, v, labels, 1, is_causal=True)
     with pytest.raises(ValueError, match="key masks only"):
-        clustered_attention(q, k, v, labels, 1, attn_mask=torch.zeros(q.shape[2], k.shape[2], dtype=torch.bool))
+        clustered_attention(q, k, v, labels, 1, attn_mask=torch.eye(q.shape[2], k.shape[2], dtype=torch.bool))
+    with pytest.raises(ValueError, match="dropout_p"):
+        clustered_attention(q, k, v, labels, 1, dropout_p=1.0)
     with pytest.raises(ValueError, match="labels"):
         clustered_attention(q, k, v, labels + 1, 1)
     with pytest.raises(ValueError, match="bits"):
@@ -261,3 +263,106 @@ def test_hamilton_scores_share_one_clustering_and_reach_hamilton_attention_at_th
             for c in range(3):
                 rows = w[b, h][:, labels[b, h] == c]  # (4 maps, members, S)
                 assert torch.allclose(rows, rows[:, :1].expand_as(rows)), "members of a cluster share each map's row"
+
+
+# -- the registered mechanisms and the layer ------------------------------------------------------
+
+
+def layer_input(seed=0, n=40, e=32):
+    return torch.randn(2, n, e, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_layer_keeps_its_planes_as_a_buffer_and_redraws_only_when_asked():
+    from qattn.attention import QuaternionMultiheadAttention
+
+    gen = torch.Generator().manual_seed(1)
+    layer = QuaternionMultiheadAttention(
+        32, 2, score="clustered", score_options={"n_clusters": 4, "bits": 12}, generator=gen, batch_first=True, dtype=torch.float64
+    ).eval()
+    assert layer.planes.shape == (12, 4 * 4 + 1) and layer.planes.dtype == torch.float64  # d_h = 32 / (4·2) = 4
+    assert "planes" in layer.state_dict() and "n_clusters': 4" in repr(layer)
+    x = layer_input()
+    first, _ = layer(x, x, x)
+    assert torch.equal(first, layer(x, x, x)[0])  # same planes, same k-means seed: same output
+    again = QuaternionMultiheadAttention(
+        32,
+        2,
+        score="clustered",
+        score_options={"n_clusters": 4, "bits": 12},
+        generator=torch.Generator().manual_seed(1),
+        batch_first=True,
+        dtype=torch.float64,
+    )
+    assert torch.equal(again.planes, layer.planes)  # the generator alone decides the planes
+    old = layer.planes.clone()
+    layer.redraw_buffers(torch.Generator().manual_seed(2))
+    assert not torch.equal(layer.planes, old) and layer.planes.shape == old.shape
+    assert not torch.allclose(layer(x, x, x)[0], first)  # other planes, other clusters (negative control)
+
+
+def test_inference_time_swap_keeps_the_projections_and_is_exact_with_a_cluster_per_query():
+    from qattn.attention import QuaternionMultiheadAttention
+
+    torch.manual_seed(0)
+    full = QuaternionMultiheadAttention(32, 2, score="shared", batch_first=True, dtype=torch.float64).eval()
+    x = layer_input(3)
+    reference, _ = full(x, x, x)
+    for score, options in (("clustered", {"n_clusters": 40}), ("improved_clustered", {"n_clusters": 1, "top_k": 40})):
+        swapped = full.with_score(score, options, generator=torch.Generator().manual_seed(4))
+        assert swapped.score == score and full.score == "shared" and not hasattr(full, "planes")
+        assert torch.equal(swapped.q_proj.weight_r, full.q_proj.weight_r)
+        assert torch.allclose(swapped(x, x, x)[0], reference, atol=1e-10)  # the exactness limits, through the layer
+    coarse = full.with_score("clustered", {"n_clusters": 2})
+    assert not torch.allclose(coarse(x, x, x)[0], reference, atol=1e-3)  # negative control: 2 clusters approximate
+    with pytest.raises(ValueError, match="takes no option"):
+        full.with_score("clustered", {"top_k": 3})
+    with pytest.raises(ValueError, match="unknown attention mechanism"):
+        full.with_score("clusterd")
+
+
+def test_layer_refuses_causal_and_per_query_masks_and_takes_key_padding():
+    from qattn.attention import QuaternionMultiheadAttention
+
+    layer = QuaternionMultiheadAttention(
+        32, 2, score="improved_clustered", score_options={"n_clusters": 3, "top_k": 5}, batch_first=True, dtype=torch.float64
+    )
+    x = layer_input(5)
+    with pytest.raises(ValueError, match="causal"):
+        layer(x, x, x, attn_mask=torch.ones(40, 40, dtype=torch.bool).triu(1), is_causal=True)
+    with pytest.raises(ValueError, match="key masks only"):
+        layer(x, x, x, attn_mask=torch.ones(40, 40, dtype=torch.bool).triu(1))
+    padding = torch.zeros(2, 40, dtype=torch.bool)
+    padding[0, 30:] = True
+    out, weights = layer(x, x, x, key_padding_mask=padding)
+    assert torch.isfinite(out).all() and (weights[0, :, 30:] == 0).all()
+    assert torch.allclose(weights.sum(-1), torch.ones(()).double())
+
+
+def test_dropout_acts_in_training_only_and_keeps_rows_unbiased():
+    from qattn.attention.clustered import clustered_core
+
+    q, k, v = (torch.randn(1, 1, 64, 4, 2, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (7, 8, 9))
+    plain, _ = clustered_core(q, k, v, n_clusters=4)
+    torch.manual_seed(0)
+    dropped = torch.stack([clustered_core(q, k, v, dropout_p=0.5, n_clusters=4)[0] for _ in range(400)])
+    assert not torch.allclose(dropped[0], plain)
+    assert torch.allclose(dropped.mean(0), plain, atol=0.15)  # inverted dropout: unbiased on average
+
+
+def test_swap_attention_swaps_every_layer_of_a_model_and_leaves_it_unchanged():
+    from qattn.attention import swap_attention
+    from qattn.book.models.blocks import Encoder
+
+    torch.manual_seed(0)
+    model = Encoder("shared", width=32, depth=2, num_heads=2).double().eval()
+    x = layer_input(6, n=24)
+    reference, _ = model(x)
+    # 63 bits: distinct queries get distinct codes here (with 31, two of them shared one)
+    swapped = swap_attention(model, "clustered", {"n_clusters": 24, "bits": 63}, generator=torch.Generator().manual_seed(0))
+    scores = [m.score for m in swapped.modules() if hasattr(m, "score_options")]
+    assert scores == ["clustered", "clustered"]
+    assert [m.score for m in model.modules() if hasattr(m, "score_options")] == ["shared", "shared"]
+    assert torch.allclose(swapped(x)[0], reference, atol=1e-10)  # a cluster per query: exact
+    assert not torch.allclose(swap_attention(model, "clustered", {"n_clusters": 2})(x)[0], reference, atol=1e-3)
+    with pytest.raises(ValueError, match="no QuaternionMultiheadAttention layer"):
+        swap_attention(torch.nn.Linear(3, 3), "clustered")

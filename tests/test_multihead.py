@@ -254,7 +254,11 @@ def test_module_gradcheck(score):
     [
         (dict(embed_dim=24, num_heads=4), ValueError, r"embed_dim must be a positive multiple of 4·num_heads = 16"),
         (dict(embed_dim=32, num_heads=0), ValueError, "num_heads must be a positive int"),
-        (dict(embed_dim=32, num_heads=2, score="real"), ValueError, r"score must be one of \('shared', 'hamilton'\)"),
+        (
+            dict(embed_dim=32, num_heads=2, score="real"),
+            ValueError,
+            r"score must be one of \('shared', 'hamilton', 'clustered', 'improved_clustered'\)",
+        ),
         (dict(embed_dim=32, num_heads=2, head_split="heads"), ValueError, "head_split must be one of"),
         (dict(embed_dim=32, num_heads=2, dropout=1.5), ValueError, r"dropout must be in \[0, 1\)"),
     ],

@@ -20,7 +20,7 @@ from qattn.attention import QuaternionMultiheadAttention, registry
 from qattn.attention.registry import MECHANISMS, Mechanism, get_mechanism, mechanism_names
 
 NAMES = mechanism_names()
-CAPABILITIES = ("returns_weights", "bool_mask", "float_mask", "causal", "cross_attention")
+CAPABILITIES = ("returns_weights", "bool_mask", "float_mask", "per_query_mask", "causal", "cross_attention")
 
 
 def require(spec: Mechanism, *capabilities: str) -> None:
@@ -44,6 +44,12 @@ def additive(mask: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
 def per_map(spec: Mechanism, x: torch.Tensor) -> torch.Tensor:
     """A ``(B, H, N, S)``-shaped tensor aligned with the weights ``spec.weights_shape(...)``."""
     return x if spec.maps_per_head == 1 else x.unsqueeze(-3)
+
+
+def fit_mask(spec: Mechanism, mask: torch.Tensor) -> torch.Tensor:
+    """The mask as ``spec`` takes it: unchanged, or, for a mechanism with key masks only
+    (``per_query_mask`` False), with every query's row equal to the first one's."""
+    return mask if spec.per_query_mask else mask[..., :1, :].expand_as(mask).clone()
 
 
 def blocked_everywhere(mask: torch.Tensor, b, h, n, s) -> torch.Tensor:
@@ -94,8 +100,12 @@ def _spec(**changes):
         returns_weights=True,
         bool_mask=True,
         float_mask=True,
+        per_query_mask=True,
         causal=True,
         cross_attention=True,
+        exact=True,
+        options={},
+        draw_buffers=None,
     )
     return Mechanism(**{**fields, **changes})
 
@@ -110,11 +120,38 @@ def _spec(**changes):
         (dict(summary="two\nlines"), ValueError, "summary of mechanism 'demo' must be one non-empty line"),
         (dict(core="shared"), TypeError, "core of mechanism 'demo' must be callable"),
         (dict(causal=1), TypeError, "causal of mechanism 'demo' must be a bool"),
+        (dict(exact="yes"), TypeError, "exact of mechanism 'demo' must be a bool"),
+        (dict(options=["n_clusters"]), TypeError, "options of mechanism 'demo' must be a mapping"),
+        (dict(options={"attn_mask": None}), ValueError, "option 'attn_mask' of mechanism 'demo' must be a keyword name other than"),
+        (dict(options={"two words": 1}), ValueError, "option 'two words'"),
+        (dict(draw_buffers="planes"), TypeError, "draw_buffers of mechanism 'demo' must be callable or None"),
     ],
 )
 def test_mechanism_spec_validation(changes, error, pattern):
     with pytest.raises(error, match=pattern):
         _spec(**changes)
+
+
+def test_options_resolve_to_defaults_and_unknown_ones_are_named():
+    spec = _spec(options={"n_clusters": 100, "top_k": 32})
+    assert spec.resolve_options() == {"n_clusters": 100, "top_k": 32}
+    assert spec.resolve_options({"n_clusters": 5}) == {"n_clusters": 5, "top_k": 32}
+    with pytest.raises(ValueError, match=r"takes no option\(s\) \['bits'\]; its options: \('n_clusters', 'top_k'\)"):
+        spec.resolve_options({"bits": 3})
+    with pytest.raises(ValueError, match="its options: none"):
+        _spec().resolve_options({"n_clusters": 5})
+    with pytest.raises(TypeError):
+        spec.options["top_k"] = 1  # type: ignore[index]  # read-only
+
+
+def test_mechanism_names_filter_exact_ones():
+    exact = mechanism_names(exact=True)
+    assert exact[:2] == ("shared", "hamilton") and all(get_mechanism(n).exact for n in exact)
+    approximate = mechanism_names(exact=False)
+    assert set(exact) | set(approximate) == set(NAMES) and not set(exact) & set(approximate)
+    assert {"clustered", "improved_clustered"} <= set(approximate)
+    with pytest.raises(TypeError, match="exact must be True, False or None"):
+        mechanism_names(exact="yes")  # type: ignore[arg-type]
 
 
 def test_mechanism_spec_is_frozen_keyword_only_and_complete():
@@ -125,7 +162,7 @@ def test_mechanism_spec_is_frozen_keyword_only_and_complete():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        Mechanism("demo", qattn.shared_score_attention, "A demo.", 1, True, True, True, True, True)  # type: ignore[misc]
+        Mechanism("demo", qattn.shared_score_attention, "A demo.", 1, True, True, True, True, True, True, True, {}, None)  # type: ignore[misc]
     with pytest.raises(TypeError, match="causal"):
         Mechanism(
             name="demo",
@@ -135,7 +172,11 @@ def test_mechanism_spec_is_frozen_keyword_only_and_complete():
             returns_weights=True,
             bool_mask=True,
             float_mask=True,
+            per_query_mask=True,
             cross_attention=True,
+            exact=True,
+            options={},
+            draw_buffers=None,
         )
 
 
@@ -161,7 +202,7 @@ def test_declared_capabilities_are_honoured(name):
         masked, _ = spec.core(q, k, v, attn_mask=mask)
         assert not torch.allclose(masked, plain)  # the mask is applied, not ignored
     if spec.float_mask:
-        biased, _ = spec.core(q, k, v, attn_mask=torch.randn(n, s, dtype=torch.float64))
+        biased, _ = spec.core(q, k, v, attn_mask=fit_mask(spec, torch.randn(n, s, dtype=torch.float64)))
         assert not torch.allclose(biased, plain)
     if spec.causal:
         causal, _ = spec.core(q, k, v, is_causal=True)
@@ -196,7 +237,7 @@ def contract_case(draw, spec):
     d, d_v = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     shape = draw(st.sampled_from([(n, s), (h, n, s), (b, 1, n, s), (1, h, n, s), (b, h, n, s), (b, 1, 1, s)]))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    mask = torch.rand(shape, generator=g) < draw(st.sampled_from([0.0, 0.3, 0.7]))
+    mask = fit_mask(spec, torch.rand(shape, generator=g) < draw(st.sampled_from([0.0, 0.3, 0.7])))
     return (b, h, n, s, d, d_v), mask, draw(st.integers(0, 2**16))
 
 
@@ -235,7 +276,7 @@ def test_bool_mask_equals_float_mask_with_neg_inf(name, need_weights):
         require(spec, "returns_weights")
     b, h, n, s = 2, 3, 4, 6
     q, k, v = qkv(b, h, n, s, seed=2)
-    mask = torch.rand(b, 1, n, s, generator=torch.Generator().manual_seed(3)) < 0.5
+    mask = fit_mask(spec, torch.rand(b, 1, n, s, generator=torch.Generator().manual_seed(3)) < 0.5)
     mask[..., 0] = False  # every query keeps one key
     out_b, w_b = spec.core(q, k, v, attn_mask=mask, need_weights=need_weights)
     out_f, w_f = spec.core(q, k, v, attn_mask=additive(mask), need_weights=need_weights)
@@ -253,7 +294,7 @@ def test_bool_mask_equals_float_mask_with_neg_inf(name, need_weights):
 @pytest.mark.parametrize("kind", ["bool", "float"])
 def test_fully_masked_query_row_gives_zeros_not_nan(name, need_weights, kind):
     spec = get_mechanism(name)
-    require(spec, f"{kind}_mask")
+    require(spec, f"{kind}_mask", "per_query_mask")
     if need_weights:
         require(spec, "returns_weights")
     n, s = 4, 5 if spec.cross_attention else 4
@@ -273,6 +314,46 @@ def test_fully_masked_query_row_gives_zeros_not_nan(name, need_weights, kind):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_fully_masked_batch_element_gives_zeros_not_nan(name, need_weights, kind):
+    """A key mask that hides every key of one batch element: zeros there, finite gradients."""
+    spec = get_mechanism(name)
+    require(spec, f"{kind}_mask")
+    if need_weights:
+        require(spec, "returns_weights")
+    n, s = 4, 5 if spec.cross_attention else 4
+    q, k, v = qkv(2, 2, n, s, seed=4, requires_grad=True)
+    mask = torch.zeros(2, 1, 1, s, dtype=torch.bool)
+    mask[0] = True  # batch element 0 may see nothing
+    mask[1, ..., :2] = True
+    out, weights = spec.core(q, k, v, attn_mask=mask if kind == "bool" else additive(mask), need_weights=need_weights)
+    assert not torch.isnan(out).any() and torch.equal(out[0], torch.zeros_like(out[0]))
+    assert (out[1].abs().sum((-1, -2)) > 0).all()
+    if need_weights:
+        assert (weights[0] == 0).all() and torch.allclose(weights[1].sum(-1), torch.ones(()).double())
+        assert (weights[1, ..., :2] == 0).all()
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_key_mask_only_mechanisms_refuse_per_query_masks_by_name(name):
+    spec = get_mechanism(name)
+    if spec.per_query_mask:
+        pytest.skip(f"{name} takes per-query masks")
+    q, k, v = qkv(1, 2, 4, 4, seed=15)
+    per_query = torch.eye(4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="key masks only") as info:
+        spec.core(q, k, v, attn_mask=per_query)
+    assert "(4, 4)" in str(info.value)
+    # the same key mask repeated on every query row is accepted, and equals the (1, S) form
+    keys = torch.tensor([False, True, False, False])
+    rows, _ = spec.core(q, k, v, attn_mask=keys.expand(4, 4))
+    assert torch.allclose(rows, spec.core(q, k, v, attn_mask=keys[None])[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_gradcheck_float64(name, mask_kind, need_weights):
@@ -288,6 +369,7 @@ def test_gradcheck_float64(name, mask_kind, need_weights):
         mask = torch.tensor([[False, True, False, True], [False, False, False, False], [True, False, True, False]])[:, :s]
     elif mask_kind == "float":
         mask = torch.randn(n, s, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    mask = None if mask is None else fit_mask(spec, mask)
 
     def f(q, k, v):
         out, weights = spec.core(q, k, v, attn_mask=mask, need_weights=need_weights)
@@ -305,7 +387,7 @@ def test_float32_and_float64_keep_dtype_and_agree(name, need_weights):
         require(spec, "returns_weights")
     n, s = 6, 5 if spec.cross_attention else 6
     q, k, v = qkv(2, 2, n, s, d=3, seed=7)
-    mask = torch.rand(n, s, generator=torch.Generator().manual_seed(8)) < 0.3
+    mask = fit_mask(spec, torch.rand(n, s, generator=torch.Generator().manual_seed(8)) < 0.3)
     results = {}
     for dtype in (torch.float32, torch.float64):
         out, weights = spec.core(q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=mask, need_weights=need_weights)
@@ -347,7 +429,7 @@ def test_weights_sum_to_one_on_unmasked_rows(name):
     require(spec, "returns_weights", "float_mask")
     n, s = 5, 6 if spec.cross_attention else 5
     q, k, v = qkv(2, 3, n, s, seed=11)
-    for mask in (None, torch.randn(2, 3, n, s, generator=torch.Generator().manual_seed(12), dtype=torch.float64)):
+    for mask in (None, fit_mask(spec, torch.randn(2, 3, n, s, generator=torch.Generator().manual_seed(12), dtype=torch.float64))):
         _, weights = spec.core(q, k, v, attn_mask=mask, need_weights=True)
         assert (weights >= 0).all()
         assert torch.allclose(weights.sum(-1), torch.ones(()).double(), atol=1e-12)
@@ -365,11 +447,13 @@ def make_layer(name, e=16, h=2, seed=0):
     return layer.eval()
 
 
-def per_head_mask(b, h, n, s, seed, as_float):
-    """``(B·H, N, S)`` mask, different for every (batch, head), each row keeping a key."""
+def per_head_mask(b, h, n, s, seed, as_float, rows_equal=False):
+    """``(B·H, N, S)`` mask, different for every (batch, head), each row keeping a key
+    (with ``rows_equal``: one key mask per (batch, head), repeated on every query row)."""
     g = torch.Generator().manual_seed(seed)
     while True:
-        mask = torch.rand(b * h, n, s, generator=g) < 0.5
+        mask = torch.rand(b * h, 1 if rows_equal else n, s, generator=g) < 0.5
+        mask = mask.expand(b * h, n, s).clone()
         mask[torch.arange(b * h), :, torch.arange(b * h) % s] = False
         if len({tuple(m.flatten().tolist()) for m in mask}) == b * h:  # all (batch, head) slices differ
             break
@@ -402,7 +486,7 @@ def test_module_per_head_attn_mask_is_batch_major(name, as_float, need_weights):
     g = torch.Generator().manual_seed(13)
     q = torch.randn(b, n, e, generator=g, dtype=torch.float64)
     k, v = (torch.randn(b, s, e, generator=g, dtype=torch.float64) for _ in range(2))
-    mask = per_head_mask(b, h, n, s, seed=14, as_float=as_float)
+    mask = per_head_mask(b, h, n, s, seed=14, as_float=as_float, rows_equal=not spec.per_query_mask)
     out, weights = layer(q, k, v, attn_mask=mask, need_weights=need_weights, average_attn_weights=False)
     expected, expected_w = one_by_one(layer, q, k, v, lambda i: mask[i * h : (i + 1) * h], need_weights)
     assert torch.allclose(out, expected, atol=1e-12)
@@ -428,7 +512,7 @@ def test_module_per_head_mask_property(name):
         g = torch.Generator().manual_seed(seed)
         q = torch.randn(b, n, 4 * h, generator=g, dtype=torch.float64)
         k, v = (torch.randn(b, s, 4 * h, generator=g, dtype=torch.float64) for _ in range(2))
-        mask = torch.rand(b * h, n, s, generator=g) < 0.4
+        mask = fit_mask(spec, torch.rand(b * h, n, s, generator=g) < 0.4)
         out, w = layer(q, k, v, attn_mask=mask, need_weights=spec.returns_weights, average_attn_weights=False)
         expected, expected_w = one_by_one(layer, q, k, v, lambda i: mask[i * h : (i + 1) * h], spec.returns_weights)
         assert torch.isfinite(out).all() and torch.allclose(out, expected, atol=1e-12)
@@ -466,9 +550,12 @@ def test_book_variants_come_from_the_registry():
     from qattn.book.models import blocks
     from qattn.book.models.speech import SpeechModelConfig
 
-    assert blocks.QUATERNION_VARIANTS == NAMES and blocks.VARIANTS[: len(NAMES)] == NAMES
-    assert set(NAMES) <= set(performance.MODULE_VARIANTS)
-    assert {f"core_{name}" for name in NAMES} <= set(performance.CORE_VARIANTS)
+    exact = mechanism_names(exact=True)
+    assert blocks.QUATERNION_VARIANTS == exact and blocks.VARIANTS[: len(exact)] == exact
+    assert set(exact) <= set(performance.MODULE_VARIANTS)
+    assert {f"core_{name}" for name in exact} <= set(performance.CORE_VARIANTS)
+    # approximations (clustered attention) have their own chapter, not transformer variants
+    assert not set(mechanism_names(exact=False)) & set(blocks.VARIANTS + performance.MODULE_VARIANTS)
     for name in NAMES:
         assert SpeechModelConfig(score=name).score == name
     with pytest.raises(ValueError, match=r"score must be one of \(") as info:
@@ -476,7 +563,7 @@ def test_book_variants_come_from_the_registry():
     assert str(NAMES) in str(info.value)
     with pytest.raises(ValueError, match="variant must be one of") as info:
         blocks.make_attention("complex", 16, 2, 0.0)
-    assert str(NAMES) in str(info.value)
+    assert str(exact) in str(info.value)
 
 
 def test_benchmark_variant_names_and_order_are_unchanged():
@@ -487,7 +574,7 @@ def test_benchmark_variant_names_and_order_are_unchanged():
     assert performance.CORE_VARIANTS[:4] == ("core_shared", "core_hamilton", "core_hamilton_maps", "core_hamilton_reference")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", mechanism_names(exact=True))
 def test_benchmark_core_variant_runs_the_registered_core(name):
     from qattn.book.experiments import performance
 

@@ -2,14 +2,17 @@
 
 - :mod:`~qattn.attention.shared_score`: the paper's shared-score quaternion attention.
 - :mod:`~qattn.attention.hamilton`: Tay et al.'s component-wise (Hamilton) attention.
-- :mod:`~qattn.attention.multihead`: ``QuaternionMultiheadAttention`` (any registered score).
+- :mod:`~qattn.attention.multihead`: ``QuaternionMultiheadAttention`` (any registered score) and
+  ``swap_attention`` (a trained model's layers answering with another mechanism).
+- :mod:`~qattn.attention.clustered` / :mod:`~qattn.attention.improved_clustered`: clustered and
+  improved clustered attention (Vyas et al.), approximations with key masks only.
 - :mod:`~qattn.attention.registry`: the registered mechanisms (``Mechanism`` specs by name).
 - :mod:`~qattn.attention.bilinear`: bilinear attention networks (BAN) and their quaternion variants.
 """
 
 from qattn.attention.bilinear import BilinearAttentionNetwork
 from qattn.attention.hamilton import hamilton_attention, hamilton_scores, hamilton_scores_reference
-from qattn.attention.multihead import QuaternionMultiheadAttention
+from qattn.attention.multihead import QuaternionMultiheadAttention, swap_attention
 from qattn.attention.registry import Mechanism, get_mechanism, mechanism_names
 from qattn.attention.shared_score import shared_score_attention, shared_scores
 
@@ -24,4 +27,5 @@ __all__ = [
     "mechanism_names",
     "shared_score_attention",
     "shared_scores",
+    "swap_attention",
 ]

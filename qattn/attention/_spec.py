@@ -8,15 +8,19 @@ that imports nothing of ``qattn``, keeps that import graph free of cycles. Use i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Protocol
+from types import MappingProxyType
+from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
-__all__ = ["AttentionCore", "Mechanism"]
+__all__ = ["AttentionCore", "BufferDrawer", "Mechanism"]
 
 MAPS_PER_HEAD = (1, 4)
-_CAPABILITIES = ("returns_weights", "bool_mask", "float_mask", "causal", "cross_attention")
+_CAPABILITIES = ("returns_weights", "bool_mask", "float_mask", "per_query_mask", "causal", "cross_attention")
+_CONTRACT_ARGUMENTS = ("q", "k", "v", "attn_mask", "dropout_p", "is_causal", "need_weights")
 
 
 class AttentionCore(Protocol):
@@ -39,6 +43,17 @@ class AttentionCore(Protocol):
         is_causal: bool = False,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]: ...
+
+
+class BufferDrawer(Protocol):
+    """Draws the random state a layer keeps for a mechanism (e.g. hashing hyperplanes).
+
+    ``draw(query_dim, options, generator)`` → ``{option name: tensor}``; ``query_dim`` is the
+    flattened quaternion query size ``4·d_h``, ``options`` the layer's options (defaults merged),
+    ``generator`` the source of randomness (None: torch's default generator, as for parameters).
+    """
+
+    def __call__(self, query_dim: int, options: Mapping[str, Any], generator: torch.Generator | None) -> dict[str, Tensor]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,16 +82,31 @@ class Mechanism:
         Accepts a bool ``attn_mask`` (True = NOT allowed).
     float_mask : bool
         Accepts a float ``attn_mask`` (added to the scores).
+    per_query_mask : bool
+        Accepts masks that differ between queries; ``False``: only masks that are the same for
+        every query (key masks, broadcastable to ``(B, H, 1, S)``) are accepted, others refused.
     causal : bool
         Honours ``is_causal=True`` (query ``i`` sees keys ``j ≤ i``).
     cross_attention : bool
         Accepts keys and values of a length ``S`` other than the queries' ``N``.
+    exact : bool
+        Computes softmax attention exactly; ``False`` for an approximation (e.g. clustered
+        attention). The book's transformer variants use the exact mechanisms.
+    options : Mapping[str, Any]
+        The core's extra keyword arguments and their defaults (e.g. ``n_clusters``); empty for
+        a core that has none. :class:`~qattn.attention.QuaternionMultiheadAttention` takes
+        overrides as ``score_options``.
+    draw_buffers : BufferDrawer or None
+        For a mechanism with random state kept by the layer (e.g. hashing hyperplanes): draws
+        it as ``{option name: tensor}``; the layer stores the tensors as buffers, passes them to
+        the core as those options and redraws them only when asked. None: no such state.
 
     Examples
     --------
     >>> from qattn.attention.shared_score import shared_score_attention
     >>> spec = Mechanism(name="demo", core=shared_score_attention, summary="Shared scores again.", maps_per_head=1,
-    ...                  returns_weights=True, bool_mask=True, float_mask=True, causal=True, cross_attention=True)
+    ...                  returns_weights=True, bool_mask=True, float_mask=True, per_query_mask=True, causal=True,
+    ...                  cross_attention=True, exact=True, options={}, draw_buffers=None)
     >>> spec.weights_shape(2, 3, 5, 7)
     (2, 3, 5, 7)
     """
@@ -88,8 +118,12 @@ class Mechanism:
     returns_weights: bool
     bool_mask: bool
     float_mask: bool
+    per_query_mask: bool
     causal: bool
     cross_attention: bool
+    exact: bool
+    options: Mapping[str, Any]
+    draw_buffers: BufferDrawer | None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -106,10 +140,34 @@ class Mechanism:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"{name} of mechanism {self.name!r} must be a bool, got {value!r}")
+        if not isinstance(self.exact, bool):
+            raise TypeError(f"exact of mechanism {self.name!r} must be a bool, got {self.exact!r}")
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"options of mechanism {self.name!r} must be a mapping of name → default, got {type(self.options).__name__}")
+        for key in self.options:
+            if not isinstance(key, str) or not key.isidentifier() or key in _CONTRACT_ARGUMENTS:
+                raise ValueError(
+                    f"option {key!r} of mechanism {self.name!r} must be a keyword name other than the contract's {_CONTRACT_ARGUMENTS}"
+                )
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if self.draw_buffers is not None and not callable(self.draw_buffers):
+            raise TypeError(f"draw_buffers of mechanism {self.name!r} must be callable or None, got {type(self.draw_buffers).__name__}")
 
     def capabilities(self) -> dict[str, bool]:
         """The declared capabilities by name, e.g. ``{"returns_weights": True, ...}``."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in _CAPABILITIES}
+
+    def resolve_options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The core's options: the declared defaults updated with ``overrides``.
+
+        Raises ``ValueError`` naming any override the core does not take, with the ones it takes.
+        """
+        overrides = {} if overrides is None else dict(overrides)
+        unknown = sorted(set(overrides) - set(self.options))
+        if unknown:
+            allowed = tuple(self.options) or "none"
+            raise ValueError(f"mechanism {self.name!r} takes no option(s) {unknown}; its options: {allowed}")
+        return {**self.options, **overrides}
 
     def weights_shape(self, batch: int, heads: int, queries: int, keys: int) -> tuple[int, ...]:
         """Shape of the weights the core returns: ``(B, H, N, S)`` or ``(B, H, 4, N, S)``."""

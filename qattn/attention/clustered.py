@@ -36,10 +36,14 @@ re-seeded empty clusters); nothing touches torch's global random state.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from qattn.attention._spec import Mechanism
 from qattn.attention.hamilton import signed_key_copies
 from qattn.attention.shared_score import check_core_inputs
 
@@ -52,6 +56,9 @@ __all__ = [
     "clustered_attention",
     "clustered_shared_attention",
     "clustered_hamilton_attention",
+    "draw_planes",
+    "clustered_core",
+    "MECHANISM",
 ]
 
 MAX_BITS = 63  # codes are int64 bit fields
@@ -143,26 +150,38 @@ def cluster_queries(q: Tensor, n_clusters: int, planes: Tensor, iterations: int 
     return labels.reshape(codes.shape)
 
 
-def _key_mask(attn_mask: Tensor | None, is_causal: bool, batch: int, heads: int, keys: int, dtype: torch.dtype) -> Tensor | None:
-    """An additive ``(B, H, 1, S)`` key mask, or None. Only masks that are the same for every query fit."""
+def _key_mask(
+    attn_mask: Tensor | None, is_causal: bool, batch: int, heads: int, queries: int, keys: int, dtype: torch.dtype
+) -> Tensor | None:
+    """An additive ``(B, H, 1, S)`` key mask, or None.
+
+    Only masks that are the same for every query fit (a cluster's queries share one row): a mask
+    broadcastable to ``(B, H, 1, S)``, or one with a query axis whose rows are all equal.
+    """
     if is_causal:
         raise ValueError(
             "clustered attention does not support causal masks (is_causal=True), like the original: queries of one cluster share one row"
         )
     if attn_mask is None:
         return None
-    if attn_mask.dim() > 4 or attn_mask.shape[-1] != keys or (attn_mask.dim() >= 2 and attn_mask.shape[-2] != 1):
-        raise ValueError(
-            f"clustered attention takes key masks only: attn_mask must broadcast to (B, H, 1, S) = ({batch}, {heads}, 1, {keys}), "
-            f"the same for every query; got {tuple(attn_mask.shape)}"
-        )
     if attn_mask.dtype == torch.bool:
         additive = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(attn_mask, -math.inf)
     elif attn_mask.is_floating_point():
         additive = attn_mask.to(dtype)
     else:
         raise TypeError(f"attn_mask must be bool (True = not allowed) or float (added to the scores), got {attn_mask.dtype}")
-    return additive.expand(batch, heads, 1, keys)
+    if additive.dim() == 1:
+        additive = additive[None]
+    try:
+        full = additive.broadcast_to(batch, heads, additive.shape[-2], keys)
+    except RuntimeError:
+        full = None
+    if full is None or additive.dim() > 4 or full.shape[-2] not in (1, queries) or not torch.equal(full, full[..., :1, :].expand_as(full)):
+        raise ValueError(
+            f"clustered attention takes key masks only, the same for every query: attn_mask must broadcast to "
+            f"(B, H, 1, S) = ({batch}, {heads}, 1, {keys}) or have equal rows for all {queries} queries; got {tuple(attn_mask.shape)}"
+        )
+    return full[..., :1, :]
 
 
 def _softmax(scores: Tensor) -> Tensor:
@@ -213,6 +232,7 @@ def clustered_attention(
     n_clusters: int,
     top_k: int = 0,
     attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
     is_causal: bool = False,
     need_weights: bool = False,
     scale: float | None = None,
@@ -231,7 +251,13 @@ def clustered_attention(
         ``0``: clustered attention; ``1..S``: improved clustered attention on the top ``top_k``
         keys of each centroid's row.
     attn_mask : Tensor, optional
-        A KEY mask broadcastable to ``(B, H, 1, S)``: bool True = not allowed, float = added.
+        A KEY mask, the same for every query (broadcastable to ``(B, H, 1, S)``, or with equal
+        rows): bool True = not allowed, float = added.
+    dropout_p : float
+        Dropout on the attention weights, as the original applies it: on each centroid's row
+        (shared by the cluster's members) and, for the improved attention, on each query's
+        weights on its top keys. The top keys are chosen before dropout; weights returned with
+        ``need_weights`` are taken before dropout.
     is_causal : bool
         Refused (a cluster's queries share one row).
     need_weights : bool
@@ -257,8 +283,10 @@ def clustered_attention(
         raise ValueError(f"labels must be int64 of shape (B, H, N) = {(batch, heads, queries)}, got {labels.dtype} {tuple(labels.shape)}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_clusters):
         raise ValueError(f"labels must lie in [0, n_clusters) = [0, {n_clusters})")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
-    mask = _key_mask(attn_mask, is_causal, batch, heads, keys, q.dtype)
+    mask = _key_mask(attn_mask, is_causal, batch, heads, queries, keys, q.dtype)
 
     # centroids: the mean of each cluster's queries (an empty cluster's row is never used)
     counts = torch.zeros(batch, heads, n_clusters, dtype=q.dtype, device=q.device)
@@ -271,7 +299,8 @@ def clustered_attention(
     if mask is not None:
         scores = scores + mask
     rows = _softmax(scores)  # (B, H, C, S)
-    out_c = rows @ v  # (B, H, C, D_v)
+    dropped = F.dropout(rows, dropout_p) if dropout_p > 0 else rows
+    out_c = dropped @ v  # (B, H, C, D_v)
     member = labels[..., None]
     out = out_c.gather(2, member.expand(-1, -1, -1, v.shape[-1]))
     weights = rows.gather(2, member.expand(-1, -1, -1, keys)) if need_weights else None
@@ -282,7 +311,8 @@ def clustered_attention(
     mass = top_rows.sum(-1)  # (B, H, C)
     k_top = k[:, :, None].expand(-1, -1, n_clusters, -1, -1).gather(3, top_idx[..., None].expand(-1, -1, -1, -1, dim))
     v_top = v[:, :, None].expand(-1, -1, n_clusters, -1, -1).gather(3, top_idx[..., None].expand(-1, -1, -1, -1, v.shape[-1]))
-    rest_c = out_c - (top_rows[..., None] * v_top).sum(-2)  # the centroid row off its top keys
+    top_dropped = dropped.gather(3, top_idx) if dropout_p > 0 else top_rows
+    rest_c = out_c - (top_dropped[..., None] * v_top).sum(-2)  # the centroid row off its top keys
 
     exact = _scores_on_cluster_keys(q, k_top, labels, n_clusters) * scale  # (B, H, N, k)
     if mask is not None:
@@ -290,11 +320,16 @@ def clustered_attention(
         exact = exact + mask_top.gather(2, labels[..., None].expand(-1, -1, -1, top_k))
     mass_q = mass.gather(2, labels)[..., None]  # (B, H, N, 1)
     p = _softmax(exact) * mass_q  # (B, H, N, k)
-    out = _weighted_cluster_values(p, v_top, labels, n_clusters) + rest_c.gather(2, member.expand(-1, -1, -1, v.shape[-1]))
+    p_dropped = F.dropout(p, dropout_p) if dropout_p > 0 else p
+    out = _weighted_cluster_values(p_dropped, v_top, labels, n_clusters) + rest_c.gather(2, member.expand(-1, -1, -1, v.shape[-1]))
     if need_weights:
         top_idx_q = top_idx.gather(2, labels[..., None].expand(-1, -1, -1, top_k))
         weights = weights.scatter(3, top_idx_q, p)
     return out, weights
+
+
+DEFAULT_SEED = 0
+"""Seed of the generator used when none is given: the cores are then pure functions of their inputs."""
 
 
 def _labels_once(
@@ -307,12 +342,15 @@ def _labels_once(
     labels: Tensor | None,
 ) -> Tensor:
     """The one clustering of the flattened quaternion queries ``qf (B, H, N, 4·d_h)``: ``labels`` if
-    given, else hashing with ``planes`` (fresh ones from ``generator`` if None) and k-means."""
+    given, else hashing with ``planes`` and k-means. Without a ``generator`` a fresh one seeded
+    :data:`DEFAULT_SEED` draws the planes (if not given) and the k-means initialisation."""
     if labels is not None:
         return labels
+    if generator is None:
+        generator = torch.Generator().manual_seed(DEFAULT_SEED)
     if planes is None:
         planes = random_planes(qf.shape[-1], bits, generator, dtype=qf.dtype)
-    return cluster_queries(qf, n_clusters, planes, iterations, generator)
+    return cluster_queries(qf, n_clusters, planes.to(qf.device), iterations, generator)
 
 
 def clustered_shared_attention(
@@ -327,6 +365,7 @@ def clustered_shared_attention(
     planes: Tensor | None = None,
     labels: Tensor | None = None,
     attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
     is_causal: bool = False,
     need_weights: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
@@ -335,13 +374,14 @@ def clustered_shared_attention(
     The shared score is the dot product of the flattened ``4·d_h`` vectors scaled by
     ``1 / sqrt(4·d_h)``, so the queries are clustered ONCE as ``4·d_h`` real vectors and one
     clustering serves all four value components (one row per cluster, not four). ``planes``
-    (``(bits, 4·d_h + 1)``) default to fresh ones drawn from ``generator``; ``labels`` given
-    explicitly skip the clustering. Returns ``(out (B, H, N, 4, d_v), weights (B, H, N, S) or None)``.
+    (``(bits, 4·d_h + 1)``) default to fresh ones drawn from ``generator`` (a generator seeded
+    :data:`DEFAULT_SEED` if None); ``labels`` given explicitly skip the clustering. Returns
+    ``(out (B, H, N, 4, d_v), weights (B, H, N, S) or None)``.
     """
     check_core_inputs(q, k, v)
     qf, kf, vf = q.flatten(-2), k.flatten(-2), v.flatten(-2)
     labels = _labels_once(qf, n_clusters, bits, iterations, generator, planes, labels)
-    out, weights = clustered_attention(qf, kf, vf, labels, n_clusters, top_k, attn_mask, is_causal, need_weights)
+    out, weights = clustered_attention(qf, kf, vf, labels, n_clusters, top_k, attn_mask, dropout_p, is_causal, need_weights)
     return out.unflatten(-1, (4, v.shape[-1])), weights
 
 
@@ -357,6 +397,7 @@ def clustered_hamilton_attention(
     planes: Tensor | None = None,
     labels: Tensor | None = None,
     attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
     is_causal: bool = False,
     need_weights: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
@@ -372,9 +413,60 @@ def clustered_hamilton_attention(
     labels = _labels_once(qf, n_clusters, bits, iterations, generator, planes, labels)
     keys = signed_key_copies(k)  # (B, H, 4, S, 4·d_h)
     maps = [
-        clustered_attention(qf, keys[:, :, m], v[..., m, :], labels, n_clusters, top_k, attn_mask, is_causal, need_weights)
+        clustered_attention(qf, keys[:, :, m], v[..., m, :], labels, n_clusters, top_k, attn_mask, dropout_p, is_causal, need_weights)
         for m in range(4)
     ]
     out = torch.stack([o for o, _ in maps], dim=-2)
     weights = torch.stack([w for _, w in maps], dim=2) if need_weights else None
     return out, weights
+
+
+# -- the registered mechanism -------------------------------------------------------------------
+
+
+def draw_planes(query_dim: int, options: Mapping[str, Any], generator: torch.Generator | None) -> dict[str, Tensor]:
+    """The hashing hyperplanes a layer keeps: ``{"planes": (bits, query_dim + 1)}`` with ``bits = options["bits"]``."""
+    return {"planes": random_planes(query_dim, int(options["bits"]), generator)}
+
+
+def clustered_core(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    need_weights: bool = False,
+    *,
+    n_clusters: int = 100,
+    bits: int = 31,
+    iterations: int = 10,
+    planes: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """The registered ``"clustered"`` core: clustered attention with shared quaternion scores.
+
+    The registry contract (``(B, H, N, 4, d_h)`` in, ``(out, weights (B, H, N, S) or None)``
+    out) with key masks only and no causal masks; options as in :func:`clustered_shared_attention`.
+    """
+    return clustered_shared_attention(
+        q, k, v, n_clusters, 0, bits, iterations, generator, planes, None, attn_mask, dropout_p, is_causal, need_weights
+    )
+
+
+MECHANISM = Mechanism(
+    name="clustered",
+    core=clustered_core,
+    summary="Clustered attention (Vyas et al.): one shared-score row per cluster of hashed queries, broadcast to its members.",
+    maps_per_head=1,
+    returns_weights=True,
+    bool_mask=True,
+    float_mask=True,
+    per_query_mask=False,
+    causal=False,
+    cross_attention=True,
+    exact=False,
+    options={"n_clusters": 100, "bits": 31, "iterations": 10, "planes": None, "generator": None},
+    draw_buffers=draw_planes,
+)
+"""Registry spec of clustered attention (see :mod:`qattn.attention.registry`)."""

@@ -172,7 +172,11 @@ MECHANISM = Mechanism(
     returns_weights=True,
     bool_mask=True,
     float_mask=True,
+    per_query_mask=True,
     causal=True,
     cross_attention=True,
+    exact=True,
+    options={},
+    draw_buffers=None,
 )
 """Registry spec of the Hamilton mechanism (see :mod:`qattn.attention.registry`)."""

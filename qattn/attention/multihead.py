@@ -28,7 +28,9 @@ all masked gets a zero output (torch gives NaN); returned weights are taken befo
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +40,7 @@ from qattn.attention import _masks
 from qattn.attention.registry import Mechanism, get_mechanism, mechanism_names
 from qattn.layers import BlockCache, QuaternionLinear
 
-__all__ = ["QuaternionMultiheadAttention", "head_order", "HEAD_SPLITS"]
+__all__ = ["QuaternionMultiheadAttention", "swap_attention", "head_order", "HEAD_SPLITS"]
 
 HeadSplit = Literal["components", "release"]
 HEAD_SPLITS = ("components", "release")
@@ -74,6 +76,14 @@ class QuaternionMultiheadAttention(nn.Module):
         :func:`~qattn.attention.registry.mechanism_names`: ``"shared"``: Re(q ⊗ k̄), one softmax
         shared by the four components (the paper); ``"hamilton"``: Tay et al.'s four
         Hamilton-product score maps and four softmaxes.
+    score_options : Mapping[str, Any], optional
+        Overrides of the mechanism's options (``get_mechanism(score).options``), e.g.
+        ``{"n_clusters": 25}`` for clustered attention; an option the core does not take is an
+        error that lists the ones it does.
+    generator : torch.Generator, optional
+        Draws the random state a mechanism keeps (``Mechanism.draw_buffers``, e.g. the hashing
+        hyperplanes of clustered attention), stored as buffers; None: torch's default generator,
+        as for the parameters. :meth:`redraw_buffers` draws them again; nothing else does.
     head_split : {"components", "release"}
         ``"components"`` (default) or ``"release"`` (the ablation of the module docstring).
     dropout : float
@@ -112,6 +122,8 @@ class QuaternionMultiheadAttention(nn.Module):
         num_heads: int,
         score: str = "shared",
         head_split: HeadSplit = "components",
+        score_options: Mapping[str, Any] | None = None,
+        generator: torch.Generator | None = None,
         dropout: float = 0.0,
         bias: bool = True,
         batch_first: bool = False,
@@ -142,6 +154,48 @@ class QuaternionMultiheadAttention(nn.Module):
         self.v_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self.out_proj = QuaternionLinear(embed_dim, embed_dim, **factory)
         self._qkv_cache, self._out_cache = BlockCache(), BlockCache()
+        self.score_options = get_mechanism(score).resolve_options(score_options)
+        self._buffer_names: tuple[str, ...] = ()
+        self.redraw_buffers(generator)
+
+    def redraw_buffers(self, generator: torch.Generator | None = None) -> None:
+        """Draw the mechanism's random state again (e.g. clustered attention's hyperplanes).
+
+        A mechanism without such state (``Mechanism.draw_buffers`` None) has nothing to draw.
+        Each tensor is a buffer (saved in the state dict, moved by ``.to``) passed to the core
+        as the option of the same name.
+        """
+        draw = self.mechanism.draw_buffers
+        if draw is None:
+            return
+        reference = self.q_proj.weight_r
+        drawn = draw(4 * self.head_units, self.score_options, generator)
+        for name, tensor in drawn.items():
+            if name not in self.score_options:
+                raise ValueError(
+                    f"mechanism {self.score!r} drew a buffer {name!r} that is not one of its options {tuple(self.score_options)}"
+                )
+            self.register_buffer(name, tensor.to(device=reference.device, dtype=reference.dtype))
+        self._buffer_names = tuple(drawn)
+
+    def with_score(
+        self, score: str, score_options: Mapping[str, Any] | None = None, generator: torch.Generator | None = None
+    ) -> QuaternionMultiheadAttention:
+        """A copy of this layer with the same projections and another mechanism.
+
+        The inference-time swap: a layer trained with full attention (``"shared"``) answers with,
+        e.g., ``layer.with_score("improved_clustered", {"n_clusters": 25})``. The copy owns its
+        parameters (deep copies); this layer is unchanged.
+        """
+        get_mechanism(score)  # the error lists the registered names
+        swapped = copy.deepcopy(self)
+        for name in swapped._buffer_names:
+            delattr(swapped, name)
+        swapped.score = score
+        swapped.score_options = get_mechanism(score).resolve_options(score_options)
+        swapped._buffer_names = ()
+        swapped.redraw_buffers(generator)
+        return swapped
 
     @property
     def mechanism(self) -> Mechanism:
@@ -149,7 +203,9 @@ class QuaternionMultiheadAttention(nn.Module):
         return get_mechanism(self.score)
 
     def extra_repr(self) -> str:
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={self.score!r}, head_split={self.head_split!r}"
+        shown = {k: v for k, v in self.score_options.items() if k not in self._buffer_names and v is not None}
+        options = f", score_options={shown}" if shown else ""
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, score={self.score!r}{options}, head_split={self.head_split!r}"
 
     # -- head layout -------------------------------------------------------------------------
     def split_heads(self, x: Tensor) -> Tensor:
@@ -253,6 +309,12 @@ class QuaternionMultiheadAttention(nn.Module):
             mask = padding if mask is None else mask + padding
         return mask
 
+    def _core_options(self) -> dict[str, Any]:
+        """The keyword options passed to the core: the resolved options, buffers in place."""
+        if not self.score_options:
+            return {}
+        return {**self.score_options, **{name: getattr(self, name) for name in self._buffer_names}}
+
     # -- forward -----------------------------------------------------------------------------
     def forward(
         self,
@@ -299,6 +361,7 @@ class QuaternionMultiheadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
             need_weights=need_weights,
+            **self._core_options(),
         )
         out = F.linear(out.transpose(1, 2).flatten(2), self._output_weight(), self.out_proj.bias)
 
@@ -310,3 +373,31 @@ class QuaternionMultiheadAttention(nn.Module):
         elif not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
+
+
+def swap_attention(
+    model: nn.Module, score: str, score_options: Mapping[str, Any] | None = None, generator: torch.Generator | None = None
+) -> nn.Module:
+    """A copy of ``model`` whose every :class:`QuaternionMultiheadAttention` uses the mechanism ``score``.
+
+    The inference-time swap of a trained model: the projections are kept, only the way the
+    scores become weights changes (:meth:`QuaternionMultiheadAttention.with_score`). ``model``
+    is unchanged; buffers the new mechanism keeps (e.g. hyperplanes) are drawn from
+    ``generator``, layer after layer. Raises ``ValueError`` if the model has no such layer.
+
+    >>> layer = QuaternionMultiheadAttention(16, 2, batch_first=True)
+    >>> swap_attention(nn.Sequential(layer), "clustered", {"n_clusters": 4})[0].score, layer.score
+    ('clustered', 'shared')
+    """
+    swapped = copy.deepcopy(model)
+    count = 0
+    for module in list(swapped.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, QuaternionMultiheadAttention):
+                setattr(module, name, child.with_score(score, score_options, generator))
+                count += 1
+    if isinstance(swapped, QuaternionMultiheadAttention):
+        return swapped.with_score(score, score_options, generator)
+    if count == 0:
+        raise ValueError(f"model has no QuaternionMultiheadAttention layer to swap to {score!r}")
+    return swapped

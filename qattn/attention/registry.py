@@ -15,12 +15,18 @@ Every core follows one contract (:class:`AttentionCore`)::
         → (out (B, H, N, 4, d_v), weights (B, H, N, S) or (B, H, 4, N, S) or None)
 
 Masks: bool True = NOT allowed, float masks are added to the scores; a query whose keys are all
-masked gets zero output and zero weights, never NaN.
+masked gets zero output and zero weights, never NaN. A mechanism declares what it supports (its
+``Mechanism`` fields): clustered attention, for one, takes key masks only (``per_query_mask``
+False) and refuses causal ones. A core may take extra keyword options with defaults
+(``Mechanism.options``, e.g. ``n_clusters``), and random state a layer keeps as buffers
+(``Mechanism.draw_buffers``, e.g. hashing hyperplanes).
 
 Examples
 --------
 >>> import torch
 >>> mechanism_names()
+('shared', 'hamilton', 'clustered', 'improved_clustered')
+>>> mechanism_names(exact=True)
 ('shared', 'hamilton')
 >>> spec = get_mechanism("hamilton")
 >>> spec.maps_per_head, spec.returns_weights
@@ -32,7 +38,7 @@ Examples
 >>> get_mechanism("real")
 Traceback (most recent call last):
     ...
-ValueError: unknown attention mechanism 'real'; registered mechanisms: ('shared', 'hamilton')
+ValueError: unknown attention mechanism 'real'; registered mechanisms: ('shared', 'hamilton', 'clustered', 'improved_clustered')
 """
 
 from __future__ import annotations
@@ -40,14 +46,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from qattn.attention import hamilton, shared_score
-from qattn.attention._spec import AttentionCore, Mechanism
+from qattn.attention import clustered, hamilton, improved_clustered, shared_score
+from qattn.attention._spec import AttentionCore, BufferDrawer, Mechanism
 
-__all__ = ["AttentionCore", "Mechanism", "MECHANISMS", "get_mechanism", "mechanism_names"]
+__all__ = ["AttentionCore", "BufferDrawer", "Mechanism", "MECHANISMS", "get_mechanism", "mechanism_names"]
 
 MECHANISMS: tuple[Mechanism, ...] = (
     shared_score.MECHANISM,
     hamilton.MECHANISM,
+    clustered.MECHANISM,
+    improved_clustered.MECHANISM,
 )
 """Every registered mechanism, in display order: the one place a new mechanism is added."""
 
@@ -67,13 +75,20 @@ def _index(mechanisms: tuple[Mechanism, ...]) -> Mapping[str, Mechanism]:
 _BY_NAME = _index(MECHANISMS)
 
 
-def mechanism_names() -> tuple[str, ...]:
+def mechanism_names(*, exact: bool | None = None) -> tuple[str, ...]:
     """Names of the registered mechanisms, in registry order.
+
+    ``exact=True`` keeps the mechanisms that compute softmax attention exactly (the book's
+    transformer variants), ``exact=False`` the approximations; None keeps all.
 
     >>> "shared" in mechanism_names()
     True
+    >>> mechanism_names(exact=False)
+    ('clustered', 'improved_clustered')
     """
-    return tuple(_BY_NAME)
+    if exact is not None and not isinstance(exact, bool):
+        raise TypeError(f"exact must be True, False or None, got {exact!r}")
+    return tuple(name for name, spec in _BY_NAME.items() if exact is None or spec.exact == exact)
 
 
 def get_mechanism(name: str) -> Mechanism:

@@ -5,13 +5,13 @@ Variants (embed_dim ``E``, ``H`` heads, self-attention on ``(B, N, E)`` inputs):
 ===========================  =================================================================
 ``torch_mha``                ``torch.nn.MultiheadAttention`` (real-valued reference, same width)
 ``<name>``                   ``QuaternionMultiheadAttention(score=<name>)``, one variant per
-                             registered mechanism (:func:`~qattn.attention.registry.mechanism_names`):
+                             registered exact mechanism (``mechanism_names(exact=True)``):
                              ``shared``; ``hamilton`` (efficient: one fused SDPA over a component axis)
 ``shared_release``           ``score="shared"`` with ``head_split="release"`` (the official release's layout)
 ``hamilton_maps``            ``score="hamilton"`` with the four N×N maps materialised (batched matmul)
 ``hamilton_reference``       Hamilton scores through the readable 16-matmul reference
 ``core_<name>``              the core ``get_mechanism(<name>).core`` alone on ``(B, H, N, 4, d_h)``
-                             tensors (no projections), one variant per registered mechanism
+                             tensors (no projections), one variant per registered exact mechanism
 ``core_hamilton_maps``       the core ``hamilton`` with its four maps materialised (``need_weights=True``)
 ``core_hamilton_reference``  the 16-matmul reference core
 ===========================  =================================================================
@@ -89,7 +89,7 @@ def _variant_forms(prefix: str, ablations: tuple[tuple[str, str, str], ...]) -> 
     """``variant → (mechanism, form)``: ``prefix + name`` ("plain") for every registered mechanism,
     each followed by its ablations, in registry order."""
     forms: dict[str, tuple[str, str]] = {}
-    for mechanism in mechanism_names():
+    for mechanism in mechanism_names(exact=True):
         forms[prefix + mechanism] = (mechanism, "plain")
         forms.update((variant, (mechanism, form)) for variant, base, form in ablations if base == mechanism)
     return forms

@@ -2,8 +2,8 @@
 
 Variants (``VARIANTS``):
 
-- ``"shared"`` / ``"hamilton"`` (``QUATERNION_VARIANTS``: every registered mechanism, see
-  :func:`~qattn.attention.registry.mechanism_names`): quaternion blocks. Attention is
+- ``"shared"`` / ``"hamilton"`` (``QUATERNION_VARIANTS``: every registered mechanism that
+  computes attention exactly, ``mechanism_names(exact=True)``): quaternion blocks. Attention is
   :class:`~qattn.attention.QuaternionMultiheadAttention` with ``score=<variant>``; the
   feed-forward layers are :class:`~qattn.layers.QuaternionLinear`. They all have the same modules
   and parameters, and :func:`initialise_` with generators in the same state gives them identical
@@ -47,7 +47,7 @@ __all__ = [
     "matched_width",
 ]
 
-QUATERNION_VARIANTS = mechanism_names()
+QUATERNION_VARIANTS = mechanism_names(exact=True)
 REAL_VARIANTS = ("real_same_width", "real_same_params")
 VARIANTS = QUATERNION_VARIANTS + REAL_VARIANTS
 

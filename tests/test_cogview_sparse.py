@@ -81,8 +81,15 @@ def test_log_correction_is_log_s_over_p_on_pivot_logits():
     assert math.isclose(layout.correction, math.log(64 // 16))
     values = bias[bias != 0]
     assert values.numel() > 0 and torch.allclose(values, torch.full_like(values, math.log(4)))
-    window = pivot_window_mask(layout, torch.zeros(1, 16, dtype=torch.int64))  # no pivot before any window
-    assert (bias[0][window[0]] == 0).sum() >= window[0].sum() - (bias[0] != 0).sum()
+    # the bias sits exactly on the allowed pivot pairs: never on a window pair, never on a forbidden one
+    i = torch.arange(64)
+    start = layout.window_start(i)
+    window = (i[None, :] <= i[:, None]) & (i[None, :] >= start[:, None])
+    pivot_pairs = torch.zeros(64, 64, dtype=torch.bool)
+    pivot_pairs[:, pivot_idx[0]] = True
+    pivot_pairs &= i[None, :] < start[:, None]
+    assert torch.equal(bias[0] != 0, pivot_pairs) and not (pivot_pairs & window).any()
+    assert torch.equal(pivot_window_mask(layout, pivot_idx)[0], window | pivot_pairs)
 
 
 @pytest.mark.parametrize(

@@ -123,22 +123,26 @@ def _pivot_allowed(layout: PivotWindowLayout, pivots: Tensor) -> Tensor:
     return pivots[:, None, :] < start[None, :, None]
 
 
-def pivot_window_mask(layout: PivotWindowLayout, pivots: Tensor) -> Tensor:
-    """The dense ``(B, s, s)`` bool mask, True where query ``i`` may attend to key ``j`` (window or pivot)."""
+def _pivot_pairs(layout: PivotWindowLayout, pivots: Tensor) -> Tensor:
+    """``(B, s, s)`` bool: key ``j`` is a pivot and lies before the window of query ``i``."""
     _check_pivots(layout, pivots)
     i = torch.arange(layout.length, device=pivots.device)
-    window = (i[None, :] <= i[:, None]) & (i[None, :] >= layout.window_start(i)[:, None])  # (s, s)
-    is_pivot = torch.zeros(pivots.shape[0], layout.length, dtype=torch.bool, device=pivots.device).scatter_(1, pivots, True)
     before = i[None, :] < layout.window_start(i)[:, None]  # (s, s)
-    return window[None] | (before[None] & is_pivot[:, None, :])
+    is_pivot = torch.zeros(pivots.shape[0], layout.length, dtype=torch.bool, device=pivots.device).scatter_(1, pivots, True)
+    return before[None] & is_pivot[:, None, :]
+
+
+def pivot_window_mask(layout: PivotWindowLayout, pivots: Tensor) -> Tensor:
+    """The dense ``(B, s, s)`` bool mask, True where query ``i`` may attend to key ``j`` (window or pivot)."""
+    i = torch.arange(layout.length, device=pivots.device)
+    window = (i[None, :] <= i[:, None]) & (i[None, :] >= layout.window_start(i)[:, None])  # (s, s)
+    return window[None] | _pivot_pairs(layout, pivots)
 
 
 def pivot_bias(layout: PivotWindowLayout, pivots: Tensor) -> Tensor:
     """The dense ``(B, s, s)`` additive bias of the log correction: ``log(s // P)`` on the allowed pivot pairs, 0 elsewhere."""
-    mask = pivot_window_mask(layout, pivots)
-    i = torch.arange(layout.length, device=pivots.device)
-    before = i[None, :] < layout.window_start(i)[:, None]
-    return torch.zeros(mask.shape, dtype=torch.float64, device=pivots.device).masked_fill(mask & before[None], layout.correction)
+    pairs = _pivot_pairs(layout, pivots)
+    return torch.zeros(pairs.shape, dtype=torch.float64, device=pivots.device).masked_fill(pairs, layout.correction)
 
 
 def dense_masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -164,3 +164,103 @@ def test_quaternion_variants_use_one_mask_and_equal_the_dense_quaternion_cores(s
         sparse = pivot_window_hamilton_attention(q, k, v, pivots, layout)
         dense, _ = hamilton_attention(q, k, v, attn_mask=additive)
     assert sparse.shape == (2, 3, 96, 4, 2) and torch.allclose(sparse, dense, atol=1e-10)
+
+
+# -- the registered mechanisms -----------------------------------------------------------------
+
+
+def quaternion_qkv(b, h, s, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(b, h, s, 4, d, generator=g, dtype=torch.float64) for _ in range(3))
+
+
+@pytest.mark.parametrize("name, dense_name", [("cogview_sparse", "shared"), ("cogview_sparse_hamilton", "hamilton")])
+def test_registered_core_with_one_window_is_causal_attention(name, dense_name):
+    from qattn.attention import get_mechanism
+
+    q, k, v = quaternion_qkv(2, 3, 20, seed=5)
+    sparse, w_sparse = get_mechanism(name).core(q, k, v, is_causal=True, need_weights=True, window=32)
+    dense, w_dense = get_mechanism(dense_name).core(q, k, v, is_causal=True, need_weights=True)
+    assert torch.allclose(sparse, dense, atol=1e-12) and torch.allclose(w_sparse, w_dense, atol=1e-12)
+    narrow, _ = get_mechanism(name).core(q, k, v, is_causal=True, window=4, n_pivots=3, log_correction=False)
+    assert not torch.allclose(narrow, dense)  # negative control: a narrow window with few pivots is not full attention
+
+
+@pytest.mark.parametrize("name, dense_name", [("cogview_sparse", "shared"), ("cogview_sparse_hamilton", "hamilton")])
+@pytest.mark.parametrize("length", [48, 50])  # 50: padded to 64 inside the core
+def test_registered_core_equals_dense_attention_under_the_layout(name, dense_name, length):
+    from qattn.attention import get_mechanism
+
+    spec = get_mechanism(name)
+    padded = -(-length // 16) * 16
+    layout = PivotWindowLayout(padded, 4, 16, 2, 12)
+    pivots = sample_pivots(layout, 2, torch.Generator().manual_seed(2), end=length)
+    q, k, v = quaternion_qkv(2, 2, length, seed=6)
+    allowed = pivot_window_mask(layout, pivots)[:, :length, :length]
+    correction = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(
+        pivot_bias(layout, pivots)[:, :length, :length] != 0, math.log(length // 12)
+    )
+    additive = correction.masked_fill(~allowed, -math.inf)[:, None]
+    options = dict(text=4, window=16, window_blocks=2, pivot_positions=pivots)
+    out, weights = spec.core(q, k, v, is_causal=True, need_weights=True, **options)
+    ref, ref_w = get_mechanism(dense_name).core(q, k, v, attn_mask=additive, need_weights=True)
+    assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(weights, ref_w, atol=1e-12)
+    assert (weights.sum(-1) - 1).abs().max() < 1e-12
+    # drawn pivots: every text token, image pivots inside the real sequence, reproducible from the seed
+    drawn = [spec.core(q, k, v, is_causal=True, need_weights=True, text=4, window=16, n_pivots=12, pivot_seed=7)[1] for _ in range(2)]
+    assert torch.equal(drawn[0], drawn[1])
+    other = spec.core(q, k, v, is_causal=True, need_weights=True, text=4, window=16, n_pivots=12, pivot_seed=8)[1]
+    assert not torch.equal(drawn[0], other)
+
+
+def test_registered_core_refuses_bad_options_by_name():
+    from qattn.attention import get_mechanism
+
+    core = get_mechanism("cogview_sparse").core
+    q, k, v = quaternion_qkv(1, 1, 16)
+    with pytest.raises(ValueError, match="n_pivots must be an int in text … s = 2 … 16"):
+        core(q, k, v, is_causal=True, text=2, n_pivots=17)
+    with pytest.raises(ValueError, match="text longer than the sequence"):
+        core(q, k, v, is_causal=True, text=17)
+    with pytest.raises(ValueError, match=r"pivot_positions must lie in \[0, s\) = \[0, 16\)"):
+        core(q, k, v, is_causal=True, pivot_positions=torch.tensor([3, 16]))
+    with pytest.raises(ValueError, match="self-attention"):
+        core(q, k[:, :, :8], v[:, :, :8], is_causal=True)
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        core(q, k, v, is_causal=True, window=0)
+
+
+def test_layer_keeps_the_pivot_seed_as_an_int_buffer_and_redraws_it():
+    from qattn.attention import QuaternionMultiheadAttention
+
+    options = {"window": 8, "n_pivots": 8}
+    layer = QuaternionMultiheadAttention(
+        16, 2, score="cogview_sparse", score_options=options, batch_first=True, generator=torch.Generator().manual_seed(0)
+    )
+    layer = layer.double().eval()
+    assert layer.pivot_seed.dtype == torch.int64 and "pivot_seed" in layer.state_dict()
+    x = torch.randn(2, 40, 16, dtype=torch.float64)
+    first, _ = layer(x, x, x, is_causal=True)
+    again, _ = layer(x, x, x, is_causal=True)
+    assert torch.equal(first, again)  # the same pivots from call to call
+    layer.redraw_buffers(torch.Generator().manual_seed(1))
+    redrawn, _ = layer(x, x, x, is_causal=True)
+    assert not torch.allclose(first, redrawn)  # new pivots, new output
+    with pytest.raises(ValueError, match="is_causal=True"):
+        layer(x, x, x)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_local_window_mask_2d_counts_and_causality(kernel):
+    from qattn.attention.cogview_sparse import local_window_mask_2d
+
+    full = local_window_mask_2d(9, 11, kernel, causal=False)
+    causal = local_window_mask_2d(9, 11, kernel)
+    assert torch.equal(full, full.T) and torch.equal(causal, full.tril())
+    interior = 4 * 11 + 5  # (4, 5), far from the borders
+    half = kernel // 2
+    assert int(full[interior].sum()) == kernel * kernel
+    assert int(causal[interior].sum()) == half * kernel + half + 1
+    assert bool(full.diagonal().all())
+    with pytest.raises(ValueError, match="kernel must be odd"):
+        local_window_mask_2d(4, 4, 2)

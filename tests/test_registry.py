@@ -29,6 +29,13 @@ def require(spec: Mechanism, *capabilities: str) -> None:
         pytest.skip(f"{spec.name} does not declare {missing}")
 
 
+def call(spec: Mechanism, q, k, v, **kwargs):
+    """``spec.core(q, k, v, **kwargs)``, with ``is_causal=True`` unless given for a causal-only mechanism."""
+    if spec.causal_only:
+        kwargs.setdefault("is_causal", True)
+    return spec.core(q, k, v, **kwargs)
+
+
 def qkv(b, h, n, s, d=2, d_v=None, dtype=torch.float64, seed=0, requires_grad=False):
     """Random ``q (B, H, N, 4, d)``, ``k (B, H, S, 4, d)``, ``v (B, H, S, 4, d_v)``."""
     g = torch.Generator().manual_seed(seed)
@@ -102,6 +109,7 @@ def _spec(**changes):
         float_mask=True,
         per_query_mask=True,
         causal=True,
+        causal_only=False,
         cross_attention=True,
         exact=True,
         options={},
@@ -188,26 +196,30 @@ def test_declared_capabilities_are_honoured(name):
     spec = get_mechanism(name)
     b, h, n, s = 2, 2, 4, 5 if spec.cross_attention else 4
     q, k, v = qkv(b, h, n, s, seed=1)
-    plain, none = spec.core(q, k, v)
+    plain, none = call(spec, q, k, v)
     assert none is None and plain.shape == (b, h, n, 4, 2)
     mask = torch.zeros(n, s, dtype=torch.bool)
     mask[:, 1] = True
     if spec.returns_weights:
-        out, weights = spec.core(q, k, v, need_weights=True)
+        out, weights = call(spec, q, k, v, need_weights=True)
         assert weights is not None and weights.shape == spec.weights_shape(b, h, n, s)
         assert torch.allclose(out, plain, atol=1e-12)
     if spec.cross_attention:
         assert s != n and plain.shape[2] == n
     if spec.bool_mask:
-        masked, _ = spec.core(q, k, v, attn_mask=mask)
+        masked, _ = call(spec, q, k, v, attn_mask=mask)
         assert not torch.allclose(masked, plain)  # the mask is applied, not ignored
     if spec.float_mask:
-        biased, _ = spec.core(q, k, v, attn_mask=fit_mask(spec, torch.randn(n, s, dtype=torch.float64)))
+        biased, _ = call(spec, q, k, v, attn_mask=fit_mask(spec, torch.randn(n, s, dtype=torch.float64)))
         assert not torch.allclose(biased, plain)
-    if spec.causal:
-        causal, _ = spec.core(q, k, v, is_causal=True)
+    if spec.causal and not spec.causal_only:
+        causal, _ = call(spec, q, k, v, is_causal=True)
         assert not torch.allclose(causal, plain)
-        assert torch.allclose(causal[:, :, -1], spec.core(q[:, :, -1:], k[:, :, :n], v[:, :, :n])[0][:, :, 0], atol=1e-12)
+        assert torch.allclose(causal[:, :, -1], call(spec, q[:, :, -1:], k[:, :, :n], v[:, :, :n])[0][:, :, 0], atol=1e-12)
+    if spec.causal_only:  # the first query sees only itself, the last sees more than itself
+        assert torch.allclose(plain[:, :, 0], v[:, :, 0], atol=1e-12) and not torch.allclose(plain[:, :, -1], v[:, :, -1])
+        with pytest.raises(ValueError, match=f"{name} is causal by construction.*is_causal=True"):
+            spec.core(q, k, v, is_causal=False)
 
 
 # -- the core contract, for every registered mechanism ----------------------------------------
@@ -221,10 +233,10 @@ def test_output_and_weights_shapes(name, n, s):
         require(spec, "cross_attention")
     b, h, d, d_v = 2, 3, 2, 3
     q, k, v = qkv(b, h, n, s, d, d_v)
-    out, none = spec.core(q, k, v)
+    out, none = call(spec, q, k, v)
     assert out.shape == (b, h, n, 4, d_v) and none is None
     if spec.returns_weights:
-        out_w, weights = spec.core(q, k, v, need_weights=True)
+        out_w, weights = call(spec, q, k, v, need_weights=True)
         assert out_w.shape == out.shape and weights.shape == spec.weights_shape(b, h, n, s)
         assert torch.allclose(out_w, out, atol=1e-12)  # need_weights changes the path, not the result
 
@@ -251,9 +263,9 @@ def test_property_shapes_polarity_and_normalisation(name):
     def check(case):
         (b, h, n, s, d, d_v), mask, seed = case
         q, k, v = qkv(b, h, n, s, d, d_v, seed=seed)
-        out_b, w_b = spec.core(q, k, v, attn_mask=mask, need_weights=True)
-        out_f, w_f = spec.core(q, k, v, attn_mask=additive(mask), need_weights=True)
-        fused, _ = spec.core(q, k, v, attn_mask=mask)
+        out_b, w_b = call(spec, q, k, v, attn_mask=mask, need_weights=True)
+        out_f, w_f = call(spec, q, k, v, attn_mask=additive(mask), need_weights=True)
+        fused, _ = call(spec, q, k, v, attn_mask=mask)
         assert out_b.shape == (b, h, n, 4, d_v) and w_b.shape == spec.weights_shape(b, h, n, s)
         assert torch.isfinite(out_b).all() and torch.isfinite(w_b).all() and torch.isfinite(fused).all()
         assert torch.allclose(out_b, out_f, atol=1e-12) and torch.allclose(w_b, w_f, atol=1e-12)
@@ -278,10 +290,10 @@ def test_bool_mask_equals_float_mask_with_neg_inf(name, need_weights):
     q, k, v = qkv(b, h, n, s, seed=2)
     mask = fit_mask(spec, torch.rand(b, 1, n, s, generator=torch.Generator().manual_seed(3)) < 0.5)
     mask[..., 0] = False  # every query keeps one key
-    out_b, w_b = spec.core(q, k, v, attn_mask=mask, need_weights=need_weights)
-    out_f, w_f = spec.core(q, k, v, attn_mask=additive(mask), need_weights=need_weights)
+    out_b, w_b = call(spec, q, k, v, attn_mask=mask, need_weights=need_weights)
+    out_f, w_f = call(spec, q, k, v, attn_mask=additive(mask), need_weights=need_weights)
     assert torch.allclose(out_b, out_f, atol=1e-12)
-    inverted, _ = spec.core(q, k, v, attn_mask=~mask, need_weights=need_weights)
+    inverted, _ = call(spec, q, k, v, attn_mask=~mask, need_weights=need_weights)
     assert not torch.allclose(out_b, inverted)  # negative control: polarity matters
     if need_weights:
         assert torch.allclose(w_b, w_f, atol=1e-12)
@@ -302,7 +314,7 @@ def test_fully_masked_query_row_gives_zeros_not_nan(name, need_weights, kind):
     mask = torch.zeros(n, s, dtype=torch.bool)
     mask[1] = True  # query 1 may see nothing
     mask[2, :2] = True
-    out, weights = spec.core(q, k, v, attn_mask=mask if kind == "bool" else additive(mask), need_weights=need_weights)
+    out, weights = call(spec, q, k, v, attn_mask=mask if kind == "bool" else additive(mask), need_weights=need_weights)
     assert not torch.isnan(out).any()
     assert torch.equal(out[:, :, 1], torch.zeros_like(out[:, :, 1]))
     assert (out[:, :, [0, 2, 3]].abs().sum((-1, -2)) > 0).all()
@@ -327,7 +339,7 @@ def test_fully_masked_batch_element_gives_zeros_not_nan(name, need_weights, kind
     mask = torch.zeros(2, 1, 1, s, dtype=torch.bool)
     mask[0] = True  # batch element 0 may see nothing
     mask[1, ..., :2] = True
-    out, weights = spec.core(q, k, v, attn_mask=mask if kind == "bool" else additive(mask), need_weights=need_weights)
+    out, weights = call(spec, q, k, v, attn_mask=mask if kind == "bool" else additive(mask), need_weights=need_weights)
     assert not torch.isnan(out).any() and torch.equal(out[0], torch.zeros_like(out[0]))
     assert (out[1].abs().sum((-1, -2)) > 0).all()
     if need_weights:
@@ -338,19 +350,31 @@ def test_fully_masked_batch_element_gives_zeros_not_nan(name, need_weights, kind
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_mechanisms_without_masks_refuse_every_mask_by_name(name):
+    spec = get_mechanism(name)
+    if spec.bool_mask or spec.float_mask:
+        pytest.skip(f"{name} takes masks")
+    q, k, v = qkv(1, 2, 4, 4, seed=15)
+    for mask in (torch.zeros(4, 4, dtype=torch.bool), torch.zeros(1, 4), torch.zeros(4, 4)):
+        with pytest.raises(ValueError, match=f"{name} takes no attn_mask.*{tuple(mask.shape)}".replace("(", r"\(").replace(")", r"\)")):
+            call(spec, q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_key_mask_only_mechanisms_refuse_per_query_masks_by_name(name):
     spec = get_mechanism(name)
     if spec.per_query_mask:
         pytest.skip(f"{name} takes per-query masks")
+    require(spec, "bool_mask")
     q, k, v = qkv(1, 2, 4, 4, seed=15)
     per_query = torch.eye(4, dtype=torch.bool)
     with pytest.raises(ValueError, match="key masks only") as info:
-        spec.core(q, k, v, attn_mask=per_query)
+        call(spec, q, k, v, attn_mask=per_query)
     assert "(4, 4)" in str(info.value)
     # the same key mask repeated on every query row is accepted, and equals the (1, S) form
     keys = torch.tensor([False, True, False, False])
-    rows, _ = spec.core(q, k, v, attn_mask=keys.expand(4, 4))
-    assert torch.allclose(rows, spec.core(q, k, v, attn_mask=keys[None])[0], atol=1e-12)
+    rows, _ = call(spec, q, k, v, attn_mask=keys.expand(4, 4))
+    assert torch.allclose(rows, call(spec, q, k, v, attn_mask=keys[None])[0], atol=1e-12)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -372,7 +396,7 @@ def test_gradcheck_float64(name, mask_kind, need_weights):
     mask = None if mask is None else fit_mask(spec, mask)
 
     def f(q, k, v):
-        out, weights = spec.core(q, k, v, attn_mask=mask, need_weights=need_weights)
+        out, weights = call(spec, q, k, v, attn_mask=mask, need_weights=need_weights)
         return (out, weights) if need_weights else out
 
     assert torch.autograd.gradcheck(f, (q, k, v))
@@ -390,7 +414,7 @@ def test_float32_and_float64_keep_dtype_and_agree(name, need_weights):
     mask = fit_mask(spec, torch.rand(n, s, generator=torch.Generator().manual_seed(8)) < 0.3)
     results = {}
     for dtype in (torch.float32, torch.float64):
-        out, weights = spec.core(q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=mask, need_weights=need_weights)
+        out, weights = call(spec, q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=mask, need_weights=need_weights)
         assert out.dtype == dtype and (weights is None or weights.dtype == dtype)
         results[dtype] = (out, weights)
     (out32, w32), (out64, w64) = results[torch.float32], results[torch.float64]
@@ -411,12 +435,12 @@ def test_causal_equals_explicit_lower_triangular_bool_mask(name, n, s, need_weig
         require(spec, "returns_weights")
     q, k, v = qkv(2, 2, n, s, seed=9)
     upper = torch.ones(n, s, dtype=torch.bool).triu(1)  # query i sees keys j ≤ i (top-left aligned)
-    causal, w_causal = spec.core(q, k, v, is_causal=True, need_weights=need_weights)
-    explicit, w_explicit = spec.core(q, k, v, attn_mask=upper, need_weights=need_weights)
+    causal, w_causal = call(spec, q, k, v, is_causal=True, need_weights=need_weights)
+    explicit, w_explicit = call(spec, q, k, v, attn_mask=upper, need_weights=need_weights)
     assert torch.allclose(causal, explicit, atol=1e-12)
     extra = torch.rand(2, 1, n, s, generator=torch.Generator().manual_seed(10)) < 0.3
-    both, w_both = spec.core(q, k, v, attn_mask=extra, is_causal=True, need_weights=need_weights)
-    union, w_union = spec.core(q, k, v, attn_mask=extra | upper, need_weights=need_weights)
+    both, w_both = call(spec, q, k, v, attn_mask=extra, is_causal=True, need_weights=need_weights)
+    union, w_union = call(spec, q, k, v, attn_mask=extra | upper, need_weights=need_weights)
     assert torch.allclose(both, union, atol=1e-12) and not torch.isnan(both).any()
     if need_weights:
         assert torch.allclose(w_causal, w_explicit, atol=1e-12) and torch.allclose(w_both, w_union, atol=1e-12)
@@ -430,7 +454,7 @@ def test_weights_sum_to_one_on_unmasked_rows(name):
     n, s = 5, 6 if spec.cross_attention else 5
     q, k, v = qkv(2, 3, n, s, seed=11)
     for mask in (None, fit_mask(spec, torch.randn(2, 3, n, s, generator=torch.Generator().manual_seed(12), dtype=torch.float64))):
-        _, weights = spec.core(q, k, v, attn_mask=mask, need_weights=True)
+        _, weights = call(spec, q, k, v, attn_mask=mask, need_weights=True)
         assert (weights >= 0).all()
         assert torch.allclose(weights.sum(-1), torch.ones(()).double(), atol=1e-12)
 
@@ -527,13 +551,13 @@ def test_module_calls_the_registered_core(name):
     spec = get_mechanism(name)
     layer = make_layer(name, 24, 3)
     assert layer.mechanism is spec and f"score={name!r}" in repr(layer)
-    x, y = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 6, 24, dtype=torch.float64)
-    out, w = layer(x, y, y, average_attn_weights=False, need_weights=spec.returns_weights)
+    x, y = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 6 if spec.cross_attention else 5, 24, dtype=torch.float64)
+    out, w = layer(x, y, y, average_attn_weights=False, need_weights=spec.returns_weights, is_causal=spec.causal_only)
     q, k, v = (layer.split_heads(p(t)) for p, t in ((layer.q_proj, x), (layer.k_proj, y), (layer.v_proj, y)))
-    ref, ref_w = spec.core(q, k, v, need_weights=spec.returns_weights)
+    ref, ref_w = call(spec, q, k, v, need_weights=spec.returns_weights)
     assert torch.allclose(out, layer.out_proj(layer.merge_heads(ref)), atol=1e-12)
     if spec.returns_weights:
-        assert w.shape == spec.weights_shape(2, 3, 5, 6) and torch.allclose(w, ref_w, atol=1e-12)
+        assert w.shape == spec.weights_shape(2, 3, 5, y.shape[1]) and torch.allclose(w, ref_w, atol=1e-12)
 
 
 def test_module_bad_score_lists_the_registered_names():

@@ -87,6 +87,9 @@ class Mechanism:
         every query (key masks, broadcastable to ``(B, H, 1, S)``) are accepted, others refused.
     causal : bool
         Honours ``is_causal=True`` (query ``i`` sees keys ``j ≤ i``).
+    causal_only : bool
+        Computes causal attention only (e.g. CogView's sparse attention, whose layout looks back
+        only): the core requires ``is_causal=True`` and refuses ``False`` by name. Implies ``causal``.
     cross_attention : bool
         Accepts keys and values of a length ``S`` other than the queries' ``N``.
     exact : bool
@@ -106,7 +109,7 @@ class Mechanism:
     >>> from qattn.attention.shared_score import shared_score_attention
     >>> spec = Mechanism(name="demo", core=shared_score_attention, summary="Shared scores again.", maps_per_head=1,
     ...                  returns_weights=True, bool_mask=True, float_mask=True, per_query_mask=True, causal=True,
-    ...                  cross_attention=True, exact=True, options={}, draw_buffers=None)
+    ...                  causal_only=False, cross_attention=True, exact=True, options={}, draw_buffers=None)
     >>> spec.weights_shape(2, 3, 5, 7)
     (2, 3, 5, 7)
     """
@@ -120,6 +123,7 @@ class Mechanism:
     float_mask: bool
     per_query_mask: bool
     causal: bool
+    causal_only: bool
     cross_attention: bool
     exact: bool
     options: Mapping[str, Any]
@@ -140,6 +144,10 @@ class Mechanism:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"{name} of mechanism {self.name!r} must be a bool, got {value!r}")
+        if not isinstance(self.causal_only, bool):
+            raise TypeError(f"causal_only of mechanism {self.name!r} must be a bool, got {self.causal_only!r}")
+        if self.causal_only and not self.causal:
+            raise ValueError(f"mechanism {self.name!r} is causal_only but does not declare causal")
         if not isinstance(self.exact, bool):
             raise TypeError(f"exact of mechanism {self.name!r} must be a bool, got {self.exact!r}")
         if not isinstance(self.options, Mapping):

@@ -464,6 +464,7 @@ MECHANISM = Mechanism(
     float_mask=True,
     per_query_mask=False,
     causal=False,
+    causal_only=False,
     cross_attention=True,
     exact=False,
     options={"n_clusters": 100, "bits": 31, "iterations": 10, "planes": None, "generator": None},

@@ -174,6 +174,7 @@ MECHANISM = Mechanism(
     float_mask=True,
     per_query_mask=True,
     causal=True,
+    causal_only=False,
     cross_attention=True,
     exact=True,
     options={},

@@ -77,6 +77,7 @@ MECHANISM = Mechanism(
     float_mask=True,
     per_query_mask=False,
     causal=False,
+    causal_only=False,
     cross_attention=True,
     exact=False,
     options={"n_clusters": 100, "top_k": 32, "bits": 31, "iterations": 10, "planes": None, "generator": None},

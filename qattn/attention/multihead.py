@@ -175,7 +175,9 @@ class QuaternionMultiheadAttention(nn.Module):
                 raise ValueError(
                     f"mechanism {self.score!r} drew a buffer {name!r} that is not one of its options {tuple(self.score_options)}"
                 )
-            self.register_buffer(name, tensor.to(device=reference.device, dtype=reference.dtype))
+            self.register_buffer(
+                name, tensor.to(device=reference.device, dtype=reference.dtype if tensor.is_floating_point() else tensor.dtype)
+            )
         self._buffer_names = tuple(drawn)
 
     def with_score(
@@ -189,13 +191,16 @@ class QuaternionMultiheadAttention(nn.Module):
         """
         get_mechanism(score)  # the error lists the registered names
         swapped = copy.deepcopy(self)
-        for name in swapped._buffer_names:
-            delattr(swapped, name)
-        swapped.score = score
-        swapped.score_options = get_mechanism(score).resolve_options(score_options)
-        swapped._buffer_names = ()
-        swapped.redraw_buffers(generator)
+        swapped._use_score(score, score_options, generator)
         return swapped
+
+    def _use_score(self, score: str, score_options: Mapping[str, Any] | None, generator: torch.Generator | None) -> None:
+        """Switch THIS layer to the mechanism ``score`` in place (its old buffers dropped, new ones drawn)."""
+        options = get_mechanism(score).resolve_options(score_options)
+        for name in self._buffer_names:
+            delattr(self, name)
+        self.score, self.score_options, self._buffer_names = score, options, ()
+        self.redraw_buffers(generator)
 
     @property
     def mechanism(self) -> Mechanism:
@@ -389,15 +394,14 @@ def swap_attention(
     >>> swap_attention(nn.Sequential(layer), "clustered", {"n_clusters": 4})[0].score, layer.score
     ('clustered', 'shared')
     """
+    get_mechanism(score)  # the error lists the registered names
     swapped = copy.deepcopy(model)
-    count = 0
-    for module in list(swapped.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, QuaternionMultiheadAttention):
-                setattr(module, name, child.with_score(score, score_options, generator))
-                count += 1
+    # each parent's attention children, parent by parent (the order the buffers are drawn in)
+    layers = [child for module in swapped.modules() for child in module.children() if isinstance(child, QuaternionMultiheadAttention)]
     if isinstance(swapped, QuaternionMultiheadAttention):
-        return swapped.with_score(score, score_options, generator)
-    if count == 0:
+        layers.insert(0, swapped)
+    for layer in layers:
+        layer._use_score(score, score_options, generator)
+    if not layers:
         raise ValueError(f"model has no QuaternionMultiheadAttention layer to swap to {score!r}")
     return swapped

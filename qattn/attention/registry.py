@@ -17,7 +17,8 @@ Every core follows one contract (:class:`AttentionCore`)::
 Masks: bool True = NOT allowed, float masks are added to the scores; a query whose keys are all
 masked gets zero output and zero weights, never NaN. A mechanism declares what it supports (its
 ``Mechanism`` fields): clustered attention, for one, takes key masks only (``per_query_mask``
-False) and refuses causal ones. A core may take extra keyword options with defaults
+False) and refuses causal ones; CogView's sparse attention is causal only (``causal_only``) and
+takes no masks. A core may take extra keyword options with defaults
 (``Mechanism.options``, e.g. ``n_clusters``), and random state a layer keeps as buffers
 (``Mechanism.draw_buffers``, e.g. hashing hyperplanes).
 
@@ -25,7 +26,7 @@ Examples
 --------
 >>> import torch
 >>> mechanism_names()
-('shared', 'hamilton', 'clustered', 'improved_clustered')
+('shared', 'hamilton', 'clustered', 'improved_clustered', 'cogview_sparse', 'cogview_sparse_hamilton')
 >>> mechanism_names(exact=True)
 ('shared', 'hamilton')
 >>> spec = get_mechanism("hamilton")
@@ -38,7 +39,7 @@ Examples
 >>> get_mechanism("real")
 Traceback (most recent call last):
     ...
-ValueError: unknown attention mechanism 'real'; registered mechanisms: ('shared', 'hamilton', 'clustered', 'improved_clustered')
+ValueError: unknown attention mechanism 'real'; registered mechanisms: ('shared', 'hamilton', ...)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from qattn.attention import clustered, hamilton, improved_clustered, shared_score
+from qattn.attention import clustered, cogview_sparse, cogview_sparse_hamilton, hamilton, improved_clustered, shared_score
 from qattn.attention._spec import AttentionCore, BufferDrawer, Mechanism
 
 __all__ = ["AttentionCore", "BufferDrawer", "Mechanism", "MECHANISMS", "get_mechanism", "mechanism_names"]
@@ -56,6 +57,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
     hamilton.MECHANISM,
     clustered.MECHANISM,
     improved_clustered.MECHANISM,
+    cogview_sparse.MECHANISM,
+    cogview_sparse_hamilton.MECHANISM,
 )
 """Every registered mechanism, in display order: the one place a new mechanism is added."""
 
@@ -84,7 +87,7 @@ def mechanism_names(*, exact: bool | None = None) -> tuple[str, ...]:
     >>> "shared" in mechanism_names()
     True
     >>> mechanism_names(exact=False)
-    ('clustered', 'improved_clustered')
+    ('clustered', 'improved_clustered', 'cogview_sparse', 'cogview_sparse_hamilton')
     """
     if exact is not None and not isinstance(exact, bool):
         raise TypeError(f"exact must be True, False or None, got {exact!r}")

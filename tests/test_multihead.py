@@ -257,7 +257,8 @@ def test_module_gradcheck(score):
         (
             dict(embed_dim=32, num_heads=2, score="real"),
             ValueError,
-            r"score must be one of \('shared', 'hamilton', 'clustered', 'improved_clustered', 'cogview_sparse', 'cogview_sparse_hamilton'\)",
+            r"score must be one of \('shared', 'hamilton', 'clustered', 'improved_clustered', "
+            r"'cogview_sparse', 'cogview_sparse_hamilton'\)",
         ),
         (dict(embed_dim=32, num_heads=2, head_split="heads"), ValueError, "head_split must be one of"),
         (dict(embed_dim=32, num_heads=2, dropout=1.5), ValueError, r"dropout must be in \[0, 1\)"),

@@ -33,6 +33,7 @@ CHAPTERS: dict[str, bool] = {
     "speech_enhancement": True,
     "performance": False,
     "clustered_attention": False,
+    "cogview_sparse_attention": True,
 }
 
 

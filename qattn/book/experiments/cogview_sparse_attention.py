@@ -21,8 +21,8 @@ registered mechanisms ``cogview_sparse`` / ``cogview_sparse_hamilton``):
    from the same initial weights on the same batches with full causal attention, CogView's sparse
    attention without and with the log correction (shared scores), and with Hamilton scores;
    validation loss against steps; test loss (bits per image token) with each model's own
-   attention and with full attention at inference, and the paired bootstrap interval of the
-   difference between the two sparse models' penalties for switching to full attention.
+   attention and with full attention of the same scores at inference, over ``ar_seeds`` training
+   seeds (Student-t intervals over seeds; paired bootstrap over test sequences for the first).
 6. **Approximation** of full causal attention by the sparse one on the full-attention model's
    real queries, keys and values (test sequences, every layer), against the pivot count ``P``,
    with and without the correction: relative output error, and its profile over query positions.
@@ -80,6 +80,9 @@ AR_VARIANTS: dict[str, tuple[str, bool | None]] = {
     "sparse_corrected_hamilton": ("cogview_sparse_hamilton", True),
 }
 
+#: The full causal attention each mechanism is evaluated with at inference: the same scores, every key.
+FULL_COUNTERPART = {"shared": "shared", "cogview_sparse": "shared", "cogview_sparse_hamilton": "hamilton"}
+
 
 @dataclass(frozen=True)
 class CogViewConfig(ExperimentConfig):
@@ -107,6 +110,7 @@ class CogViewConfig(ExperimentConfig):
             "ar_steps": 8,
             "ar_batch": 8,
             "ar_validations": 2,
+            "ar_seeds": 1,
             "approx_pivots": (6, 22, 70),
             "approx_draws": 1,
             "approx_sequences": 4,
@@ -153,6 +157,7 @@ class CogViewConfig(ExperimentConfig):
     ar_batch: int = 16
     ar_lr: float = 2e-3
     ar_validations: int = 6
+    ar_seeds: int = 3
     ar_window: int = 16
     ar_window_blocks: int = 2
     ar_pivots: int = 38
@@ -397,9 +402,12 @@ def sequence_losses(model: ImageTokenModel, tokens: Tensor, batch: int = 64) -> 
 
 
 def train_image_model(
-    cfg: CogViewConfig, variant: str, train: Tensor, val: Tensor, vocab: int, log: Callable[[str], None] = print
+    cfg: CogViewConfig, variant: str, train: Tensor, val: Tensor, vocab: int, seed: int, log: Callable[[str], None] = print
 ) -> tuple[ImageTokenModel, dict[str, Any]]:
-    """Train one variant of :data:`AR_VARIANTS` (same initial weights and batches for all); new pivots every step."""
+    """Train one variant of :data:`AR_VARIANTS` from the initial weights and batch order of ``seed`` (the same for every variant).
+
+    New pivots are drawn for every batch, as CogView does.
+    """
     score, correction = AR_VARIANTS[variant]
     model = ImageTokenModel(
         vocab,
@@ -409,11 +417,11 @@ def train_image_model(
         cfg.ar_heads,
         score=score,
         score_options=_options(cfg, correction),
-        generator=torch.Generator().manual_seed(cfg.seed + 11),
+        generator=torch.Generator().manual_seed(seed + 11),
     )
-    pivot_gen = torch.Generator().manual_seed(cfg.seed + 12)
+    pivot_gen = torch.Generator().manual_seed(seed + 12)
     model.redraw_pivots(pivot_gen)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed + 13))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 13))
     per_epoch = len(train) // cfg.ar_batch
 
     def batches():
@@ -442,58 +450,90 @@ def train_image_model(
         decay="cosine",
         grad_clip=1.0,
         validate_at=(0, *evenly_spaced(cfg.ar_steps, cfg.ar_validations)),
-        dropout_seed=cfg.seed,
+        dropout_seed=seed,
     )
-    result = fit(model, batches(), loss_fn, validate, loop, select="neg_val_loss", log=log, name=f"image tokens {variant}")
+    result = fit(model, batches(), loss_fn, validate, loop, select="neg_val_loss", log=log, name=f"image tokens {variant} seed {seed}")
     for point, entry in zip(curve, result.history):
         point["step"] = entry["step"]
-    model.redraw_pivots(torch.Generator().manual_seed(cfg.seed + 14))  # fixed pivots for the evaluation
+    model.redraw_pivots(torch.Generator().manual_seed(seed + 14))  # fixed pivots for the evaluation
     return model, {"curve": curve, "best_step": result.best_step, "train_time_s": result.train_time_s, "steps": cfg.ar_steps}
+
+
+def seed_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean over training seeds and its Student-t interval (``low = high = mean`` for one seed): the spread of retraining."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {"mean": mean, "low": mean, "high": mean, "level": level, "seeds": len(x), "per_seed": x.tolist()}
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "level": level, "seeds": len(x), "per_seed": x.tolist()}
 
 
 def autoregressive(
     cfg: CogViewConfig, sequences: dict[str, Tensor], log: Callable[[str], None] = print
 ) -> tuple[dict[str, Any], ImageTokenModel]:
-    """Every variant trained, then tested with its own attention and with full attention; returns the full model too."""
+    """Every variant trained for ``ar_seeds`` seeds, then tested with its own attention and with full attention.
+
+    Returns the results and the first seed's full-attention model. Per seed and variant: test
+    bits per image token (mean over the test sequences) with the attention it was trained with and
+    with full causal attention of the same scores (:data:`FULL_COUNTERPART`); across seeds: means
+    with Student-t intervals of the seed-level values (the spread of retraining), and for the
+    first seed paired bootstrap intervals over test sequences (the spread of the test set).
+    """
     vocab = CAPTION_VOCAB + cfg.vq_codes
-    runs: dict[str, Any] = {}
-    own: dict[str, Tensor] = {}
-    with_full: dict[str, Tensor] = {}
-    models: dict[str, ImageTokenModel] = {}
     bits = 1 / math.log(2)
-    for variant in AR_VARIANTS:
-        model, training = train_image_model(cfg, variant, sequences["train"], sequences["val"], vocab, log)
-        models[variant] = model
-        own[variant] = sequence_losses(model, sequences["test"])
-        full = model if variant == "full" else model.with_attention("shared")
-        with_full[variant] = sequence_losses(full, sequences["test"])
+    per_seed: dict[str, list[dict[str, Any]]] = {v: [] for v in AR_VARIANTS}
+    first: dict[str, tuple[Tensor, Tensor]] = {}
+    full_model: ImageTokenModel | None = None
+    for index in range(cfg.ar_seeds):
+        seed = cfg.seed + 1000 * index
+        for variant, (score, _) in AR_VARIANTS.items():
+            model, training = train_image_model(cfg, variant, sequences["train"], sequences["val"], vocab, seed, log)
+            own = sequence_losses(model, sequences["test"]) * bits
+            full = model if score == FULL_COUNTERPART[score] else model.with_attention(FULL_COUNTERPART[score])
+            with_full = sequence_losses(full, sequences["test"]) * bits
+            per_seed[variant].append(
+                {**training, "seed": seed, "test_bits": float(own.mean()), "test_bits_full_attention": float(with_full.mean())}
+            )
+            if index == 0:
+                first[variant] = (own, with_full)
+                if variant == "full":
+                    full_model = model
+            log(
+                f"[cogview_sparse_attention] image tokens {variant} seed {seed}: test {float(own.mean()):.3f} bits/token, "
+                f"with full attention {float(with_full.mean()):.3f} ({training['train_time_s']:.0f} s)"
+            )
+    runs = {}
+    for variant, rows in per_seed.items():
         runs[variant] = {
-            **training,
-            "test_bits": float(own[variant].mean()) * bits,
-            "test_bits_full_attention": float(with_full[variant].mean()) * bits,
+            "seeds": rows,
+            "test_bits": float(np.mean([r["test_bits"] for r in rows])),
+            "test_bits_full_attention": float(np.mean([r["test_bits_full_attention"] for r in rows])),
+            "train_time_s": float(np.mean([r["train_time_s"] for r in rows])),
         }
-        log(
-            f"[cogview_sparse_attention] image tokens {variant}: test {runs[variant]['test_bits']:.3f} bits/token, "
-            f"with full attention {runs[variant]['test_bits_full_attention']:.3f} ({training['train_time_s']:.0f} s)"
-        )
-    comparisons = {}
+    comparisons: dict[str, Any] = {}
     for variant in ("sparse", "sparse_corrected", "sparse_corrected_hamilton"):
-        comparisons[f"{variant}_minus_full"] = paired_bootstrap(own[variant] * bits, own["full"] * bits, cfg.bootstrap, seed=cfg.seed)
-        comparisons[f"{variant}_full_attention_penalty"] = paired_bootstrap(
-            with_full[variant] * bits, own[variant] * bits, cfg.bootstrap, seed=cfg.seed
-        )
-    penalty = {v: (with_full[v] - own[v]) * bits for v in ("sparse", "sparse_corrected")}
-    comparisons["penalty_uncorrected_minus_corrected"] = paired_bootstrap(
-        penalty["sparse"], penalty["sparse_corrected"], cfg.bootstrap, seed=cfg.seed
+        rows, full_rows = per_seed[variant], per_seed["full"]
+        comparisons[f"{variant}_minus_full"] = seed_interval([r["test_bits"] - f["test_bits"] for r, f in zip(rows, full_rows)])
+        comparisons[f"{variant}_full_attention_penalty"] = seed_interval([r["test_bits_full_attention"] - r["test_bits"] for r in rows])
+        own, with_full = first[variant]
+        comparisons[f"{variant}_full_attention_penalty_first_seed"] = paired_bootstrap(with_full, own, cfg.bootstrap, seed=cfg.seed)
+    penalty = {v: [r["test_bits_full_attention"] - r["test_bits"] for r in per_seed[v]] for v in ("sparse", "sparse_corrected")}
+    comparisons["penalty_uncorrected_minus_corrected"] = seed_interval(
+        [a - b for a, b in zip(penalty["sparse"], penalty["sparse_corrected"])]
     )
     result = {
         "runs": runs,
         "comparisons": comparisons,
+        "seeds": cfg.ar_seeds,
         "length": int(sequences["train"].shape[1]),
         "test_sequences": int(len(sequences["test"])),
         "options": _options(cfg, True),
     }
-    return result, models["full"]
+    assert full_model is not None
+    return result, full_model
 
 
 # -- 6. approximation on the trained model's queries, keys and values ----------------------------
@@ -669,7 +709,8 @@ def run(
                 f"test bits per image token, {variant}",
                 bits[variant]["test_bits"],
                 tolerance=0.3,
-                note=f"{ar['test_sequences']} test sequences of {ar['length']} tokens, {cfg.ar_steps} steps",
+                note=f"mean over {cfg.ar_seeds} training seeds; {ar['test_sequences']} test sequences of {ar['length']} tokens, "
+                f"{cfg.ar_steps} steps",
             )
         )
     for variant in ("sparse", "sparse_corrected"):
@@ -679,7 +720,8 @@ def run(
                 f"full attention at inference, change in bits per image token, {variant}",
                 c["mean"],
                 tolerance=0.3,
-                note=f"trained sparse, evaluated with full causal attention; 95 % CI [{c['low']:.3f}, {c['high']:.3f}] (paired bootstrap)",
+                note=f"trained sparse, evaluated with full causal attention; mean over {c['seeds']} training seeds, "
+                f"95 % t-interval [{c['low']:.3f}, {c['high']:.3f}]",
             )
         )
     return {

@@ -259,3 +259,24 @@ def test_training_is_deterministic(quantiser, runs, scenes):
 
     assert without_clock(first["curve"]) == without_clock(second["curve"])
     assert first["train_recon"] == second["train_recon"] and first["final"] == second["final"]
+
+
+@pytest.mark.parametrize("quantiser", ["nearest", "gumbel"])
+def test_codebook_gradients_are_bitwise_repeatable_on_two_threads(quantiser):
+    # many positions share a code: the lookup's backward must not be a multi-threaded scatter-add
+    # (with codebook[codes] instead of index_select, two trainings of one seed differed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = VQVAE(quantiser, codes=8, code_dim=16, hidden=16, generator=torch.Generator().manual_seed(0))
+        images = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        grads = []
+        for _ in range(4):
+            model.zero_grad(set_to_none=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(2)
+                model(images)["loss"].backward()
+            grads.append(model.quantiser.codebook.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

@@ -122,8 +122,12 @@ def _nearest_codes(z: Tensor, codebook: Tensor) -> Tensor:
 
 
 def _lookup(codes: Tensor, codebook: Tensor) -> Tensor:
-    """``E[codes]`` as a grid: codes ``(B, h, w)`` → ``(B, D, h, w)``."""
-    return codebook[codes].permute(0, 3, 1, 2)
+    """``E[codes]`` as a grid: codes ``(B, h, w)`` → ``(B, D, h, w)``.
+
+    ``index_select``, not ``codebook[codes]``: advanced indexing's backward is a scatter-add that
+    is not deterministic on a multi-threaded CPU (two trainings of the same seed differed).
+    """
+    return codebook.index_select(0, codes.flatten()).view(*codes.shape, -1).permute(0, 3, 1, 2)
 
 
 class _NearestBase(nn.Module):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from qattn.attention.cogview_sparse import pivot_window_mask, sample_pivots
 from qattn.book.data.image_tokens import CAPTION_LENGTH
 from qattn.book.experiments import cogview_sparse_attention as exp
+from qattn.book.harness.timing import crossover
 
 
 def test_figure_counts_match_the_mask_row_and_the_layout():
@@ -48,6 +49,6 @@ def test_image_token_loss_scores_only_the_image_tokens_from_their_prefix():
 
 
 def test_crossover_needs_every_longer_length_faster():
-    assert exp.crossover([1, 2, 3], [True, False, True]) == 3
-    assert exp.crossover([1, 2, 3], [True, True, True]) == 1
-    assert exp.crossover([1, 2, 3], [True, True, False]) is None
+    assert crossover([1, 2, 3], [True, False, True]) == 3
+    assert crossover([1, 2, 3], [True, True, True]) == 1
+    assert crossover([1, 2, 3], [True, True, False]) is None

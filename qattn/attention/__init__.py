@@ -8,17 +8,24 @@
   improved clustered attention (Vyas et al.), approximations with key masks only.
 - :mod:`~qattn.attention.registry`: the registered mechanisms (``Mechanism`` specs by name).
 - :mod:`~qattn.attention.bilinear`: bilinear attention networks (BAN) and their quaternion variants.
+- :mod:`~qattn.attention.multilinear`: multi-linear attention (MAN) over M ≥ 2 modalities, exact or
+  by addition random features (registered as fusion mechanisms).
 """
 
 from qattn.attention.bilinear import BilinearAttentionNetwork
 from qattn.attention.hamilton import hamilton_attention, hamilton_scores, hamilton_scores_reference
 from qattn.attention.multihead import QuaternionMultiheadAttention, swap_attention
-from qattn.attention.registry import Mechanism, get_mechanism, mechanism_names
+from qattn.attention.multilinear import MultilinearAttention
+from qattn.attention.registry import FusionMechanism, Mechanism, fusion_names, get_fusion, get_mechanism, mechanism_names
 from qattn.attention.shared_score import shared_score_attention, shared_scores
 
 __all__ = [
     "BilinearAttentionNetwork",
+    "FusionMechanism",
     "Mechanism",
+    "MultilinearAttention",
+    "fusion_names",
+    "get_fusion",
     "QuaternionMultiheadAttention",
     "get_mechanism",
     "hamilton_attention",

@@ -1,4 +1,4 @@
-"""The :class:`Mechanism` spec type, kept apart from :mod:`~qattn.attention.registry`.
+"""The spec types :class:`Mechanism` and :class:`FusionMechanism`, kept apart from :mod:`~qattn.attention.registry`.
 
 Each mechanism module (``shared_score.py``, ``hamilton.py``, ...) builds its own ``MECHANISM``
 from this class, and the registry imports those modules: defining the class here, in a module
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionCore", "BufferDrawer", "Mechanism"]
+__all__ = ["AttentionCore", "BufferDrawer", "FusionCore", "FusionMechanism", "Mechanism"]
 
 MAPS_PER_HEAD = (1, 4)
 _CAPABILITIES = ("returns_weights", "bool_mask", "float_mask", "per_query_mask", "causal", "cross_attention")
@@ -182,3 +182,87 @@ class Mechanism:
         if self.maps_per_head == 1:
             return (batch, heads, queries, keys)
         return (batch, heads, self.maps_per_head, queries, keys)
+
+
+class FusionCore(Protocol):
+    """The functional core contract of the multimodal fusion mechanisms (attention pooling over M ≥ 2 modalities).
+
+    ``fusion [F^m (B, L_m, K)]``, ``scores [S^m (B, L_m, r)]`` (one pair per modality), ``masks``
+    ``[(B, L_m) bool or None]`` (True = padding) → ``(z (B, K), weights (B, L_1, …, L_M) or None)``;
+    tuples holding a padding token get weight 0, and a sample with a fully padded modality gets
+    ``z = 0``, never NaN. Extra keyword options as the spec declares.
+    """
+
+    def __call__(
+        self, fusion: Any, scores: Any, masks: Any = None, need_weights: bool = False, **options: Any
+    ) -> tuple[Tensor, Tensor | None]: ...
+
+
+_FUSION_ARGUMENTS = ("fusion", "scores", "masks", "need_weights")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionMechanism:
+    """What the registry knows about a multimodal fusion mechanism (:class:`FusionCore` contract).
+
+    Unlike the :class:`Mechanism` cores (one query sequence attending to one key sequence), these
+    pool ``M ≥ 2`` modalities into one joint vector through one attention distribution over index
+    tuples (multi-linear attention; bilinear attention is its ``M = 2`` case).
+
+    Attributes
+    ----------
+    name : str
+        Registry key, a Python identifier.
+    core : FusionCore
+        The functional core.
+    summary : str
+        One line for tables and error messages.
+    exact : bool
+        True if the core computes the joint softmax exactly (cost ``Π_m L_m``); False for an
+        approximation (e.g. random features, linear in the lengths).
+    returns_weights : bool
+        Whether ``need_weights=True`` returns the ``(B, L_1, …, L_M)`` weights (False: refused by name).
+    options : Mapping[str, Any]
+        Extra keyword options of the core with their defaults.
+    draw_buffers : callable or None
+        ``draw(rank, options, generator) → {option: tensor}``: the random state a module keeps
+        for the core (e.g. random features); None if it needs none.
+    """
+
+    name: str
+    core: FusionCore
+    summary: str
+    exact: bool
+    returns_weights: bool
+    options: Mapping[str, Any]
+    draw_buffers: Any
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"name must be a non-empty Python identifier, got {self.name!r}")
+        if not callable(self.core):
+            raise TypeError(f"core of fusion mechanism {self.name!r} must be callable, got {type(self.core).__name__}")
+        if not isinstance(self.summary, str) or not self.summary.strip() or "\n" in self.summary:
+            raise ValueError(f"summary of fusion mechanism {self.name!r} must be one non-empty line, got {self.summary!r}")
+        for flag in ("exact", "returns_weights"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} of fusion mechanism {self.name!r} must be a bool, got {getattr(self, flag)!r}")
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"options of fusion mechanism {self.name!r} must map name → default, got {type(self.options).__name__}")
+        for key in self.options:
+            if not isinstance(key, str) or not key.isidentifier() or key in _FUSION_ARGUMENTS:
+                raise ValueError(
+                    f"option {key!r} of fusion mechanism {self.name!r} must be a keyword name other than the contract's {_FUSION_ARGUMENTS}"
+                )
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if self.draw_buffers is not None and not callable(self.draw_buffers):
+            raise TypeError(f"draw_buffers of fusion {self.name!r} must be callable or None: got {type(self.draw_buffers).__name__}")
+
+    def resolve_options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The core's options: the declared defaults updated with ``overrides`` (unknown ones named in a ``ValueError``)."""
+        overrides = {} if overrides is None else dict(overrides)
+        unknown = sorted(set(overrides) - set(self.options))
+        if unknown:
+            allowed = tuple(self.options) or "none"
+            raise ValueError(f"fusion mechanism {self.name!r} takes no option(s) {unknown}; its options: {allowed}")
+        return {**self.options, **overrides}

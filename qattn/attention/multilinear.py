@@ -85,11 +85,14 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from qattn.attention._spec import FusionMechanism
 
 __all__ = [
     "multilinear_attention",
@@ -98,7 +101,10 @@ __all__ = [
     "arf_kernel_sums",
     "arf_multilinear_attention",
     "local_positions",
+    "arf_multilinear_core",
     "MultilinearAttention",
+    "MECHANISM",
+    "ARF_MECHANISM",
 ]
 
 MaskList = Sequence[Tensor | None] | None
@@ -447,3 +453,56 @@ class MultilinearAttention(nn.Module):
     def extra_repr(self) -> str:
         mode = "exact" if self.features is None else f"features={self.features.shape[0]}, orthogonal={self.orthogonal}"
         return f"in_dims={list(self.in_dims)}, joint_dim={self.joint_dim}, rank={self.rank}, {mode}, local={self.local}"
+
+
+def arf_multilinear_core(
+    fusion: Sequence[Tensor],
+    scores: Sequence[Tensor],
+    masks: MaskList = None,
+    need_weights: bool = False,
+    *,
+    features: Tensor | None = None,
+    n_features: int = 256,
+    orthogonal: bool = True,
+) -> tuple[Tensor, None]:
+    """The registry's ARF core: :func:`arf_multilinear_attention` under the fusion contract.
+
+    ``features (R, r)`` are required (the core never draws randomness of its own):
+    ``ARF_MECHANISM.draw_buffers(r, options, generator)`` draws ``n_features`` of them,
+    orthogonal or i.i.d. as ``orthogonal`` says; given ``features``, those two options are unused.
+    ARF never forms the ``Π_m L_m`` weights, so ``need_weights=True`` is refused.
+    """
+    if need_weights:
+        raise ValueError("multilinear_arf never forms the joint weights (B, L_1, …, L_M); use the exact 'multilinear' core for them")
+    if features is None:
+        raise ValueError(
+            "multilinear_arf needs its random features: pass features=(R, r), e.g. draw_features(r, R, generator) "
+            "or ARF_MECHANISM.draw_buffers(r, options, generator)"
+        )
+    return arf_multilinear_attention(fusion, scores, features, masks), None
+
+
+def _draw_arf_features(rank: int, options: Mapping[str, Any], generator: torch.Generator | None) -> dict[str, Tensor]:
+    """The ARF core's random state: ``{"features": (n_features, rank)}``."""
+    return {"features": draw_features(rank, int(options["n_features"]), generator, bool(options["orthogonal"]))}
+
+
+MECHANISM = FusionMechanism(
+    name="multilinear",
+    core=multilinear_attention,
+    summary="exact multi-linear attention (MAN, our reconstruction): one softmax over all index tuples of M ≥ 2 modalities",
+    exact=True,
+    returns_weights=True,
+    options={},
+    draw_buffers=None,
+)
+
+ARF_MECHANISM = FusionMechanism(
+    name="multilinear_arf",
+    core=arf_multilinear_core,
+    summary="multi-linear attention by addition random features: linear in every modality's length",
+    exact=False,
+    returns_weights=False,
+    options={"features": None, "n_features": 256, "orthogonal": True},
+    draw_buffers=_draw_arf_features,
+)

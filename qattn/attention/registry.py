@@ -22,6 +22,11 @@ takes no masks. A core may take extra keyword options with defaults
 (``Mechanism.options``, e.g. ``n_clusters``), and random state a layer keeps as buffers
 (``Mechanism.draw_buffers``, e.g. hashing hyperplanes).
 
+Multimodal fusion mechanisms follow a second contract (:class:`FusionCore`): ``M ≥ 2``
+modalities pooled into one joint vector by one attention over index tuples
+(:data:`FUSION_MECHANISMS`, :func:`fusion_names`, :func:`get_fusion`; exact multi-linear attention
+and its random-feature approximation).
+
 Examples
 --------
 >>> import torch
@@ -46,11 +51,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
-from qattn.attention import clustered, cogview_sparse, cogview_sparse_hamilton, hamilton, improved_clustered, shared_score
-from qattn.attention._spec import AttentionCore, BufferDrawer, Mechanism
+from qattn.attention import clustered, cogview_sparse, cogview_sparse_hamilton, hamilton, improved_clustered, multilinear, shared_score
+from qattn.attention._spec import AttentionCore, BufferDrawer, FusionCore, FusionMechanism, Mechanism
 
-__all__ = ["AttentionCore", "BufferDrawer", "Mechanism", "MECHANISMS", "get_mechanism", "mechanism_names"]
+__all__ = [
+    "AttentionCore",
+    "BufferDrawer",
+    "FusionCore",
+    "FusionMechanism",
+    "Mechanism",
+    "MECHANISMS",
+    "FUSION_MECHANISMS",
+    "get_mechanism",
+    "mechanism_names",
+    "get_fusion",
+    "fusion_names",
+]
 
 MECHANISMS: tuple[Mechanism, ...] = (
     shared_score.MECHANISM,
@@ -62,13 +80,19 @@ MECHANISMS: tuple[Mechanism, ...] = (
 )
 """Every registered mechanism, in display order: the one place a new mechanism is added."""
 
+FUSION_MECHANISMS: tuple[FusionMechanism, ...] = (
+    multilinear.MECHANISM,
+    multilinear.ARF_MECHANISM,
+)
+"""Every registered multimodal fusion mechanism (:class:`FusionMechanism`, M ≥ 2 modalities pooled by one attention)."""
 
-def _index(mechanisms: tuple[Mechanism, ...]) -> Mapping[str, Mechanism]:
-    """Read-only ``name → spec`` map of ``mechanisms``; duplicate names are an error."""
-    by_name: dict[str, Mechanism] = {}
+
+def _index(mechanisms: tuple, kind: type = Mechanism) -> Mapping[str, Any]:
+    """Read-only ``name → spec`` map of ``mechanisms`` (all of type ``kind``); duplicate names are an error."""
+    by_name: dict[str, Any] = {}
     for spec in mechanisms:
-        if not isinstance(spec, Mechanism):
-            raise TypeError(f"MECHANISMS must hold Mechanism specs, got {type(spec).__name__}")
+        if not isinstance(spec, kind):
+            raise TypeError(f"expected {kind.__name__} specs, got {type(spec).__name__}")
         if spec.name in by_name:
             raise ValueError(f"mechanism name {spec.name!r} is registered twice")
         by_name[spec.name] = spec
@@ -76,6 +100,7 @@ def _index(mechanisms: tuple[Mechanism, ...]) -> Mapping[str, Mechanism]:
 
 
 _BY_NAME = _index(MECHANISMS)
+_FUSION_BY_NAME = _index(FUSION_MECHANISMS, FusionMechanism)
 
 
 def mechanism_names(*, exact: bool | None = None) -> tuple[str, ...]:
@@ -118,3 +143,35 @@ def get_mechanism(name: str) -> Mechanism:
     if not isinstance(name, str) or name not in _BY_NAME:
         raise ValueError(f"unknown attention mechanism {name!r}; registered mechanisms: {mechanism_names()}")
     return _BY_NAME[name]
+
+
+def fusion_names(*, exact: bool | None = None) -> tuple[str, ...]:
+    """Names of the registered fusion mechanisms, in registry order (``exact`` filters as in :func:`mechanism_names`).
+
+    >>> fusion_names(), fusion_names(exact=False)
+    (('multilinear', 'multilinear_arf'), ('multilinear_arf',))
+    """
+    if exact is not None and not isinstance(exact, bool):
+        raise TypeError(f"exact must be True, False or None, got {exact!r}")
+    return tuple(name for name, spec in _FUSION_BY_NAME.items() if exact is None or spec.exact == exact)
+
+
+def get_fusion(name: str) -> FusionMechanism:
+    """The spec of the fusion mechanism called ``name`` (``ValueError`` listing the registered ones otherwise).
+
+    >>> import torch
+    >>> spec = get_fusion("multilinear_arf")
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> fusion = [torch.rand(2, n, 4, generator=gen) for n in (3, 5)]
+    >>> scores = [torch.randn(2, n, 6, generator=gen) for n in (3, 5)]
+    >>> options = spec.resolve_options(spec.draw_buffers(6, spec.options, gen))
+    >>> tuple(spec.core(fusion, scores, **options)[0].shape)
+    (2, 4)
+    >>> get_fusion("shared")
+    Traceback (most recent call last):
+        ...
+    ValueError: unknown fusion mechanism 'shared'; registered fusion mechanisms: ('multilinear', 'multilinear_arf')
+    """
+    if not isinstance(name, str) or name not in _FUSION_BY_NAME:
+        raise ValueError(f"unknown fusion mechanism {name!r}; registered fusion mechanisms: {fusion_names()}")
+    return _FUSION_BY_NAME[name]

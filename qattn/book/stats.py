@@ -13,10 +13,14 @@ examples (the bootstrap) gives an interval for their mean without assuming a dis
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["paired_bootstrap"]
+__all__ = ["paired_bootstrap", "seed_interval"]
 
 
 def paired_bootstrap(a: Tensor, b: Tensor, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
@@ -52,3 +56,25 @@ def paired_bootstrap(a: Tensor, b: Tensor, resamples: int = 2000, seed: int = 0,
     tail = (1.0 - level) / 2
     low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
     return {"mean": float(diff.mean()), "low": low, "high": high, "level": level, "n": diff.numel(), "resamples": resamples}
+
+
+def seed_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean over training seeds and its Student-t interval: the spread of retraining.
+
+    ``values`` holds one number per seed (e.g. a test metric, or a paired difference of two
+    variants trained with the same seed). With one seed ``low = high = mean`` (no interval).
+
+    >>> ci = seed_interval([1.0, 2.0, 3.0])
+    >>> ci["mean"], round(ci["high"] - ci["mean"], 3), ci["seeds"]
+    (2.0, 2.484, 3)
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"expected a non-empty list of per-seed values, got shape {x.shape}")
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {"mean": mean, "low": mean, "high": mean, "level": level, "seeds": len(x), "per_seed": x.tolist()}
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "level": level, "seeds": len(x), "per_seed": x.tolist()}

@@ -54,7 +54,7 @@ from qattn.attention.clustered import cluster_queries, clustered_attention, clus
 from qattn.book.data.key_tasks import KeyTaskSpec, key_presence, key_span
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.memory import peak_memory
-from qattn.book.harness.timing import summary, time_interleaved
+from qattn.book.harness.timing import crossover, summary, time_interleaved
 from qattn.book.harness.training import LoopConfig, StepLoss, evenly_spaced, fit, torch_threads
 from qattn.book.headline import headline
 from qattn.book.models.key_tasks import TASKS, KeyTaskModel
@@ -225,20 +225,6 @@ def approximation(cfg: ClusteredConfig, log: Callable[[str], None] = print) -> d
     q, k, v = mixture_inputs(cfg, cfg.length, gen)
     planes = random_planes(cfg.dim, cfg.bits, gen)
     return approximation_on(q, k, v, cfg.clusters, cfg.top_ks, planes, cfg.iterations, cfg.seed, log)
-
-
-def crossover(lengths: list[int], faster: list[bool]) -> int | None:
-    """The smallest length from which ``faster`` holds at every larger length measured, or None.
-
-    >>> crossover([256, 512, 1024, 2048], [False, True, False, True]), crossover([1, 2], [False, False])
-    (2048, None)
-    """
-    result = None
-    for n, ok in zip(reversed(lengths), reversed(faster)):
-        if not ok:
-            break
-        result = n
-    return result
 
 
 def timing(cfg: ClusteredConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -60,12 +60,12 @@ from qattn.book.data.image_tokens import CAPTION_LENGTH, CAPTION_VOCAB, scene_ca
 from qattn.book.data.vqa import make_sort_of_clevr
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.memory import peak_memory
-from qattn.book.harness.timing import summary, time_interleaved
+from qattn.book.harness.timing import crossover, summary, time_interleaved
 from qattn.book.harness.training import LoopConfig, StepLoss, evenly_spaced, fit, torch_threads
 from qattn.book.headline import headline
 from qattn.book.models.image_tokens import ImageTokenModel
 from qattn.book.models.vqvae import QUANTISERS, train_vqvae
-from qattn.book.stats import paired_bootstrap
+from qattn.book.stats import paired_bootstrap, seed_interval
 
 __all__ = ["CogViewConfig", "config_for", "run", "figure_layout", "crossover", "sparse_workload", "AR_VARIANTS", "ASSETS"]
 
@@ -226,20 +226,6 @@ def exactness(cfg: CogViewConfig) -> dict[str, float]:
 
 
 # -- 3. cost ------------------------------------------------------------------------------------
-
-
-def crossover(lengths: list[int], faster: list[bool]) -> int | None:
-    """The smallest length from which ``faster`` holds at every larger length measured, or None.
-
-    >>> crossover([1088, 2176, 4224], [False, True, True]), crossover([1, 2], [True, False])
-    (2176, None)
-    """
-    result = None
-    for n, ok in zip(reversed(lengths), reversed(faster)):
-        if not ok:
-            break
-        result = n
-    return result
 
 
 def _timing_layout(cfg: CogViewConfig, length: int) -> PivotWindowLayout:
@@ -457,18 +443,6 @@ def train_image_model(
         point["step"] = entry["step"]
     model.redraw_pivots(torch.Generator().manual_seed(seed + 14))  # fixed pivots for the evaluation
     return model, {"curve": curve, "best_step": result.best_step, "train_time_s": result.train_time_s, "steps": cfg.ar_steps}
-
-
-def seed_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
-    """Mean over training seeds and its Student-t interval (``low = high = mean`` for one seed): the spread of retraining."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return {"mean": mean, "low": mean, "high": mean, "level": level, "seeds": len(x), "per_seed": x.tolist()}
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "level": level, "seeds": len(x), "per_seed": x.tolist()}
 
 
 def autoregressive(

@@ -75,7 +75,7 @@ class NLPConfig(ExperimentConfig):
     n_seeds: int = 3
     variants: tuple[str, ...] = choice(VARIANTS, VARIANTS)
     secondary_variants: tuple[str, ...] = choice(VARIANTS, ("shared", "hamilton"))
-    secondary_seeds: int = 1
+    secondary_seeds: int = 3
     secondary_train_size: int | None = 12000
     val_fraction: float = 0.1
     test_fraction: float = 0.1

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["time_interleaved", "summary", "rotated", "SUMMARY_KEYS"]
+__all__ = ["time_interleaved", "summary", "rotated", "crossover", "SUMMARY_KEYS"]
 
 #: What :func:`summary` keeps of each callable's statistics (the results schema of the chapters).
 SUMMARY_KEYS = ("median_s", "min_s", "max_s", "repeats")
@@ -118,3 +118,24 @@ def time_interleaved(
 def summary(stats: Mapping[str, Mapping[str, Any]], keys: tuple[str, ...] = SUMMARY_KEYS) -> dict[str, dict[str, Any]]:
     """``stats`` of :func:`time_interleaved` reduced to ``keys`` per name (by default without the samples)."""
     return {n: {k: s[k] for k in keys} for n, s in stats.items()}
+
+
+def crossover(lengths: list[int], faster: list[bool]) -> int | None:
+    """The smallest length from which ``faster`` holds at every larger length measured, or None.
+
+    ``lengths`` ascending, ``faster[i]`` whether one method beat the other at ``lengths[i]``: a
+    length where it held but a larger one where it did not is no crossover.
+
+    >>> crossover([256, 512, 1024, 2048], [False, True, False, True]), crossover([1, 2], [False, False])
+    (2048, None)
+    >>> crossover([1088, 2176, 4224], [False, True, True]), crossover([1, 2], [True, False])
+    (2176, None)
+    """
+    if len(lengths) != len(faster):
+        raise ValueError(f"expected one verdict per length, got {len(lengths)} lengths and {len(faster)} verdicts")
+    result = None
+    for n, ok in zip(reversed(lengths), reversed(faster)):
+        if not ok:
+            break
+        result = n
+    return result

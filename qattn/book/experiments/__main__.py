@@ -34,6 +34,7 @@ CHAPTERS: dict[str, bool] = {
     "performance": False,
     "clustered_attention": False,
     "cogview_sparse_attention": True,
+    "multilinear_attention": False,
 }
 
 

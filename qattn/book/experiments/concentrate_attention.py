@@ -895,11 +895,25 @@ def _headlines(m: dict[str, Any], cfg: ConcentrateConfig) -> list[dict[str, Any]
             )
         )
         rows.append(headline(f"soft prompts, {v} − prompt tuning: lower end of the 95% interval", ta["low"], 0.05))
-        mv = c["moves"]["test"]
-        rows.append(headline(f"soft prompts, {v}: runs whose deep-layer strength rose (of {mv['runs']})", mv["strength_up_runs"], 0.0))
-        rows.append(
-            headline(f"soft prompts, {v}: runs whose deep-layer fluctuation fell (of {mv['runs']})", mv["fluctuation_down_runs"], 0.0)
-        )
+        rows.append(headline(f"soft prompts, {v} − prompt tuning: upper end of the 95% interval", ta["high"], 0.05))
+        for part, where in (("test", "target"), ("in_domain", "in-domain")):
+            mv = c["moves"][part]
+            rows.append(
+                headline(
+                    f"soft prompts, {v}: share of runs whose deep-layer strength rose, {where} inputs",
+                    mv["strength_up_runs"] / mv["runs"],
+                    0.0,
+                    note=f"{mv['strength_up_runs']} of {mv['runs']} paired runs",
+                )
+            )
+            rows.append(
+                headline(
+                    f"soft prompts, {v}: share of runs whose deep-layer fluctuation fell, {where} inputs",
+                    mv["fluctuation_down_runs"] / mv["runs"],
+                    0.0,
+                    note=f"{mv['fluctuation_down_runs']} of {mv['runs']} paired runs",
+                )
+            )
     for key, c in s["hard_comparisons"].items():
         rows.append(
             headline(
@@ -909,6 +923,7 @@ def _headlines(m: dict[str, Any], cfg: ConcentrateConfig) -> list[dict[str, Any]
                 note=f"95% t interval [{c['low']:.4f}, {c['high']:.4f}]",
             )
         )
+        rows.append(headline(f"hard prompts, {key}: lower end of the 95% interval", c["low"], 0.05))
     deep = cfg.deep_layers[-1]
     for family in ("hard", "soft"):
         for kind in ("strength", "fluctuation"):
@@ -921,6 +936,8 @@ def _headlines(m: dict[str, Any], cfg: ConcentrateConfig) -> list[dict[str, Any]
                     note=f"mean over splits, bootstrap 95% [{p['low']:.2f}, {p['high']:.2f}]",
                 )
             )
+            end, value = ("lower", p["low"]) if kind == "strength" else ("upper", p["high"])
+            rows.append(headline(f"pilot, {family} prompts: {end} end of the 95% interval of ρ({kind}, layer {deep + 1})", value, 0.3))
     for q in m["quaternion_link"]:
         label = f"quaternion link, {q['variant']}{' + losses' if q['with_losses'] else ''}"
         rows.append(headline(f"{label}: last-layer strength", q["strength"][-1], 0.3, kind="relative"))

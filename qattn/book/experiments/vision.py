@@ -80,12 +80,12 @@ class VisionConfig(ExperimentConfig):
     num_heads: int = 4
     ffn_mult: int = 2
     dropout: float = 0.0
-    epochs: int = 2
+    epochs: int = 16
     batch_size: int = 256
     lr: float = 8e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
-    checkpoints: int = 6
+    checkpoints: int = 16
     probe_size: int = 256
     n_examples: int = 4
     timing_batch: int = 256

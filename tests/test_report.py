@@ -129,7 +129,9 @@ def test_the_claims_ledger_covers_every_seed_work_and_can_fail():
     assert assess(claim, {("c", "x"): {"value": 0.6}, ("c", "y"): {"value": 0.1}})[0] == "reproduced"
     assert assess(claim, {("c", "x"): {"value": 0.4}, ("c", "y"): {"value": 0.1}})[0] == "partly reproduced"
     assert assess(claim, {("c", "x"): {"value": 0.0}, ("c", "y"): {"value": 0.1}})[0] == "not reproduced"
-    assert "**not yet tested**" in ledger_markdown(empty)
+    assert assess(Claim("W", "untouched", None), {})[0] == "not yet tested"
+    rows = [dict(empty[0], status="not yet tested")]
+    assert "**not yet tested**" in ledger_markdown(rows)
 
 
 def test_reference_dir_and_provenance_table(tmp_path):

@@ -38,9 +38,19 @@ from qattn.book.harness.training import LoopConfig, StepLoss, fit
 from qattn.book.headline import headline
 from qattn.book.models.blocks import count_parameters
 from qattn.book.models.vqa import VQAConfig, VQAModel
+from qattn.book.stats import seed_interval
 from qattn.metrics import mean_pairwise_js
 
-__all__ = ["VARIANTS", "VQAExperimentConfig", "config_for", "build_model", "train_variant", "run"]
+__all__ = [
+    "VARIANTS",
+    "PAIRED_COMPARISONS",
+    "VQAExperimentConfig",
+    "config_for",
+    "build_model",
+    "paired_difference",
+    "train_variant",
+    "run",
+]
 
 #: variant name → (head, score, glimpses)
 VARIANTS: dict[str, tuple[str, str, int]] = {
@@ -58,7 +68,9 @@ VARIANTS: dict[str, tuple[str, str, int]] = {
 class VQAExperimentConfig(ExperimentConfig):
     """Everything one run of the chapter depends on (:class:`~qattn.book.harness.config.ExperimentConfig`).
 
-    The profiles' ``seeds`` are offset by the seed given to :func:`config_for`.
+    The profiles' ``seeds`` are offset by the seed given to :func:`config_for`; easy-VQA uses the
+    first ``easy_seeds`` of them (its full training set makes a run several times longer), and
+    Sort-of-CLEVR all of them (its orderings are judged on paired differences over seeds).
     """
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -74,13 +86,14 @@ class VQAExperimentConfig(ExperimentConfig):
     }
 
     profile: str = "full"
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    easy_seeds: int = 3
     easy_variants: tuple[str, ...] = choice(VARIANTS, ("ban2", "qban_shared", "qban_hamilton"))
     clevr_variants: tuple[str, ...] = choice(VARIANTS, tuple(VARIANTS))
-    easy_limit_images: int | None = 1000
-    easy_epochs: int = 3
-    clevr_sizes: tuple[int, int, int] = (600, 100, 100)
-    clevr_epochs: int = 3
+    easy_limit_images: int | None = None
+    easy_epochs: int = 6
+    clevr_sizes: tuple[int, int, int] = (1200, 200, 200)
+    clevr_epochs: int = 6
     images_per_batch: int = 32
     lr: float = 2e-3
     clip: float = 1.0
@@ -319,18 +332,22 @@ def run(config: VQAExperimentConfig | Mapping[str, Any], log: Callable[[str], No
     torch.set_num_threads(cfg.threads)
     datasets = {}
     t0 = time.perf_counter()
+    if not 1 <= cfg.easy_seeds:
+        raise ValueError(f"easy_seeds must be at least 1, got {cfg.easy_seeds}")
     if cfg.easy_variants:
-        datasets["easy_vqa"] = (load_easy_vqa(cfg.data_seed, limit_images=cfg.easy_limit_images), cfg.easy_variants, cfg.easy_epochs)
+        easy = load_easy_vqa(cfg.data_seed, limit_images=cfg.easy_limit_images)
+        datasets["easy_vqa"] = (easy, cfg.easy_variants, cfg.easy_epochs, cfg.seeds[: cfg.easy_seeds])
     if cfg.clevr_variants:
-        datasets["sort_of_clevr"] = (make_sort_of_clevr(*cfg.clevr_sizes, seed=cfg.data_seed), cfg.clevr_variants, cfg.clevr_epochs)
+        clevr = make_sort_of_clevr(*cfg.clevr_sizes, seed=cfg.data_seed)
+        datasets["sort_of_clevr"] = (clevr, cfg.clevr_variants, cfg.clevr_epochs, cfg.seeds)
     log(f"[vqa] data ready in {time.perf_counter() - t0:.0f} s")
     metrics: dict[str, Any] = {}
-    for name, ((train, val, test, vocab), variants, epochs) in datasets.items():
+    for name, ((train, val, test, vocab), variants, epochs, seeds) in datasets.items():
         examples = _pick_examples(test, cfg.data_seed)
         runs = {
             v: [
-                train_variant(v, train, val, test, len(vocab.words), cfg, epochs, s, log, examples if s == cfg.seeds[0] else None)
-                for s in cfg.seeds
+                train_variant(v, train, val, test, len(vocab.words), cfg, epochs, s, log, examples if s == seeds[0] else None)
+                for s in seeds
             ]
             for v in variants
         }
@@ -344,6 +361,7 @@ def run(config: VQAExperimentConfig | Mapping[str, Any], log: Callable[[str], No
                 "answers": len(train.answer_names),
             },
             "type_names": train.type_names,
+            "seeds": list(seeds),
             "variants": {
                 v: {
                     **_summarise(runs[v]),
@@ -358,6 +376,35 @@ def run(config: VQAExperimentConfig | Mapping[str, Any], log: Callable[[str], No
     return metrics
 
 
+#: Paired comparisons declared before the runs: (a, b, key) → a − b of a run's ``key``, paired by seed.
+#: The paper's ordering on relational questions, and shared against Hamilton scores.
+PAIRED_COMPARISONS = (
+    ("coattention", "unitary", "relational"),
+    ("ban1", "coattention", "relational"),
+    ("ban2", "ban1", "relational"),
+    ("ban4", "ban2", "relational"),
+    ("ban2", "coattention", "relational"),
+    ("ban2", "unitary", "relational"),
+    ("qban_shared", "qban_hamilton", "accuracy"),
+)
+
+
+def paired_difference(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """``a − b`` of ``key`` paired by seed, with a 95 % Student-t interval (:func:`qattn.book.stats.seed_interval`).
+
+    >>> a = [{"seed": 0, "accuracy": 0.8}, {"seed": 1, "accuracy": 0.7}]
+    >>> b = [{"seed": 1, "accuracy": 0.6}, {"seed": 0, "accuracy": 0.75}]
+    >>> [round(x, 2) for x in paired_difference(a, b, "accuracy")["per_seed"]]
+    [0.05, 0.1]
+    """
+    first = {r["seed"]: r[key] for r in runs_a}
+    second = {r["seed"]: r[key] for r in runs_b}
+    seeds = sorted(set(first) & set(second))
+    if not seeds:
+        raise ValueError(f"no seed in common between the two variants' runs (seeds {sorted(first)} and {sorted(second)})")
+    return seed_interval([first[s] - second[s] for s in seeds])
+
+
 def _headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
 
@@ -369,6 +416,13 @@ def _headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         for v, r in m["variants"].items():
             add(f"{ds}: {v} test accuracy", r["accuracy"]["mean"], 0.05)
         var = m["variants"]
+        for a, b, key in PAIRED_COMPARISONS:
+            if a in var and b in var and (key == "accuracy" or key in var[a]):
+                c = paired_difference(var[a]["runs"], var[b]["runs"], key)
+                label = "relational " if key == "relational" else ""
+                add(f"{ds}: {a} − {b} {label}test accuracy, mean paired difference", c["mean"], 0.05, "exact")
+                add(f"{ds}: {a} − {b} {label}test accuracy, lower end of the 95% interval", c["low"], 0.05, "exact")
+                add(f"{ds}: {a} − {b} {label}test accuracy, upper end of the 95% interval", c["high"], 0.05, "exact")
         if "qban_shared" in var and "qban_hamilton" in var:
             add(
                 f"{ds}: qban_hamilton / qban_shared inference time",

@@ -155,3 +155,37 @@ def test_gradients_are_bitwise_repeatable_with_many_questions_per_image(head):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def _one_image_set(image: np.ndarray, text: str, type_names: list[str]) -> vqa_data.VQASet:
+    return vqa_data.VQASet(
+        images=image[None],
+        questions=np.zeros((1, 3), dtype=np.int64),
+        texts=[text],
+        image_index=np.zeros(1, dtype=np.int64),
+        answers=np.zeros(1, dtype=np.int64),
+        types=np.zeros(1, dtype=np.int64),
+        answer_names=["yes"],
+        type_names=type_names,
+    )
+
+
+def test_object_regions_finds_the_asked_about_object_and_only_it():
+    from qattn.book.data.vqa import RELATIONAL_TYPES, SORT_OF_CLEVR_COLOURS
+    from qattn.book.experiments.vqa import object_regions
+
+    image = np.full((3, 64, 64), 240, dtype=np.uint8)
+    image[:, 8:16, 24:32] = np.array(SORT_OF_CLEVR_COLOURS["red"], dtype=np.uint8)[:, None, None]  # grid cell (1, 3)
+    image[:, 40:44, 4:12] = np.array(SORT_OF_CLEVR_COLOURS["blue"], dtype=np.uint8)[:, None, None]  # cells (5, 0) and (5, 1)
+    clevr_types = ["shape", *RELATIONAL_TYPES]
+    red = object_regions(_one_image_set(image, "is the red object on the left?", clevr_types))
+    assert red[0].nonzero()[0].tolist() == [1 * 8 + 3]
+    blue = object_regions(_one_image_set(image, "what shape is the blue object?", clevr_types))
+    assert blue[0].nonzero()[0].tolist() == [40, 41]
+    # easy-VQA rule (no named colour): everything that is not background, both shapes here
+    both = object_regions(_one_image_set(image, "what shape is in the image?", ["yes/no", "shape", "color"]))
+    assert both[0].nonzero()[0].tolist() == [11, 40, 41]
+    with pytest.raises(ValueError, match="no pixel of the asked-about object"):
+        object_regions(_one_image_set(image, "is the green object on the left?", clevr_types))
+    with pytest.raises(ValueError, match="names none of the colours"):
+        object_regions(_one_image_set(image, "is the object on the left?", clevr_types))

@@ -12,7 +12,9 @@ checkpoint is chosen on validation accuracy; test accuracy is measured once, for
 (mean ± std over seeds, and per seed), parameters, inference time (variants interleaved), the
 entropy of each glimpse's joint map, the mean pairwise Jensen-Shannon divergence between the four
 component maps of the Hamilton variant, the measured multiplications of the attention logits, and
-the learning curves.
+the learning curves, and the grounding of the attention: the share of each glimpse's attention on
+the regions that hold the object the question asks about (:func:`object_regions`), beside the
+share a uniform map would give.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from qattn.attention.bilinear import bilinear_logits
-from qattn.book.data.vqa import RELATIONAL_TYPES, VQASet, load_easy_vqa, make_sort_of_clevr
+from qattn.book.data.vqa import RELATIONAL_TYPES, SORT_OF_CLEVR_COLOURS, VQASet, load_easy_vqa, make_sort_of_clevr
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.timing import summary, time_interleaved
 from qattn.book.harness.training import LoopConfig, StepLoss, fit
@@ -151,15 +153,75 @@ def _image_batches(data: VQASet, images_per_batch: int, order: np.ndarray):
         )
 
 
+def object_regions(data: VQASet, grid: int = 8, threshold: int = 30, named_colours: bool | None = None) -> np.ndarray:
+    """Which regions hold the object a question asks about: ``(n_questions, grid²)`` bool, row-major like the model's regions.
+
+    A region is the ``(H/grid) × (W/grid)`` pixel block the region grid assigns to it (the CNN's
+    receptive fields are wider, so this is the nominal cell). The object's pixels:
+
+    - Sort-of-CLEVR (every question names the colour of one object, from
+      :data:`~qattn.book.data.vqa.SORT_OF_CLEVR_COLOURS`): the pixels of exactly that colour;
+    - easy-VQA (one shape per image on a plain background): the pixels whose colour differs from
+      the top-left corner's by more than ``threshold`` (sum of absolute RGB differences).
+
+    ``named_colours``: use the first rule (default: when the data set has Sort-of-CLEVR's
+    relational question types). A region holds the object if any of its pixels is the object's;
+    a question whose object is not found (no such pixel) raises ``ValueError``.
+
+    >>> from qattn.book.data.vqa import make_sort_of_clevr
+    >>> test = make_sort_of_clevr(2, 2, 2, seed=0)[2]
+    >>> masks = object_regions(test)
+    >>> masks.shape, bool(masks.any(1).all())
+    ((24, 64), True)
+    """
+    n_images, _, height, width = data.images.shape
+    if height % grid or width % grid:
+        raise ValueError(f"images of {height}×{width} pixels do not split into a {grid}×{grid} grid")
+    if named_colours is None:
+        named_colours = set(RELATIONAL_TYPES) <= set(data.type_names)
+    named = [next((c for c in SORT_OF_CLEVR_COLOURS if f" {c} " in f" {t} "), None) if named_colours else None for t in data.texts]
+    out = np.zeros((len(data), grid * grid), dtype=bool)
+
+    def cells(pixels: np.ndarray) -> np.ndarray:
+        return pixels.reshape(grid, height // grid, grid, width // grid).any(axis=(1, 3)).reshape(-1)
+
+    for q, (image, colour) in enumerate(zip(data.image_index, named)):
+        img = data.images[image].astype(np.int64)
+        if colour is not None:
+            pixels = (img == np.array(SORT_OF_CLEVR_COLOURS[colour])[:, None, None]).all(0)
+        else:
+            pixels = np.abs(img - img[:, :1, :1]).sum(0) > threshold
+        if named_colours and colour is None:
+            raise ValueError(f"question {q} names none of the colours {tuple(SORT_OF_CLEVR_COLOURS)}: {data.texts[q]!r}")
+        out[q] = cells(pixels)
+        if not out[q].any():
+            raise ValueError(f"question {q}: no pixel of the asked-about object in image {image} ({data.texts[q]!r})")
+    return out
+
+
+def _region_marginal(maps: Tensor, head: str) -> Tensor:
+    """Attention over regions per glimpse, ``(B, G, φ)``: BAN maps summed over tokens (Hamilton: mean of the 4 maps)."""
+    if head != "ban":
+        return maps[:, None]  # (B, 1, φ): one distribution over regions
+    if maps.dim() == 5:
+        maps = maps.mean(2)
+    return maps.sum(-2)
+
+
 @torch.no_grad()
 def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False) -> dict[str, Any]:
     model.eval()
     correct = np.zeros(len(data), dtype=bool)
     entropies: list[Tensor] = []
     divergences: list[Tensor] = []
+    shares: list[Tensor] = []
+    regions = object_regions(data) if collect_maps else None
     for images, questions, local, answers, qids in _image_batches(data, 64, np.arange(len(data.images))):
         logits, maps = model(images, questions, local)
         correct[qids] = (logits.argmax(-1) == answers).numpy()
+        if collect_maps:
+            mask = torch.from_numpy(regions[qids]).to(maps.dtype)  # (B, φ)
+            shares.append((_region_marginal(maps, model.config.head) * mask[:, None]).sum(-1))  # (B, G)
         if collect_maps and model.config.head == "ban":
             flat = maps.flatten(-2)  # (B, G[, 4], ρ·φ)
             entropy = -torch.xlogy(flat, flat).sum(-1)  # (B, G) or (B, G, 4) for the four Hamilton maps
@@ -176,6 +238,9 @@ def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False) -> dict
         out["glimpse_entropy_nats"] = torch.cat(entropies).mean(0).tolist()
     if divergences:
         out["component_js_bits"] = torch.cat(divergences).mean(0).tolist()
+    if shares:
+        out["object_share"] = torch.cat(shares).mean(0).tolist()  # per glimpse
+        out["object_share_uniform"] = float(regions.mean())
     return out
 
 
@@ -320,7 +385,7 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("relational", "non_relational"):
         if key in runs[0]:
             out[key] = stats([r[key] for r in runs])
-    for key in ("glimpse_entropy_nats", "component_js_bits"):
+    for key in ("glimpse_entropy_nats", "component_js_bits", "object_share", "object_share_uniform"):
         if key in runs[0]:
             out[key] = np.mean([r[key] for r in runs], axis=0).tolist()
     return out
@@ -423,6 +488,13 @@ def _headline(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                 add(f"{ds}: {a} − {b} {label}test accuracy, mean paired difference", c["mean"], 0.05, "exact")
                 add(f"{ds}: {a} − {b} {label}test accuracy, lower end of the 95% interval", c["low"], 0.05, "exact")
                 add(f"{ds}: {a} − {b} {label}test accuracy, upper end of the 95% interval", c["high"], 0.05, "exact")
+        for v, r in var.items():
+            if "object_share" in r and r["object_share_uniform"] > 0:
+                add(
+                    f"{ds}: {v} attention on the asked-about object / uniform, glimpse 1",
+                    r["object_share"][0] / r["object_share_uniform"],
+                    0.3,
+                )
         if "qban_shared" in var and "qban_hamilton" in var:
             add(
                 f"{ds}: qban_hamilton / qban_shared inference time",

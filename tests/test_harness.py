@@ -125,7 +125,7 @@ def test_experiment_values_are_checked():
 
 
 def test_seeds_go_where_each_experiment_needs_them():
-    assert vqa.config_for("full", seed=5).seeds == (5, 6, 7) and vqa.config_for("ci", seed=5).seeds == (5,)
+    assert vqa.config_for("full", seed=5).seeds == (5, 6, 7, 8, 9) and vqa.config_for("ci", seed=5).seeds == (5,)
     s = speech_enhancement.config_for("full", seed=3)
     assert s.seed == 3 and s.corpus["seed"] == 3
     assert vision.config_for("ci", seed=2).seed == 2 and performance.config_for("ci", seed=2).seed == 2

@@ -104,3 +104,66 @@ def test_missing_espeak_names_the_package(monkeypatch):
     monkeypatch.setattr(speech.shutil, "which", lambda name: None)
     with pytest.raises(MissingDataError, match="espeak-ng"):
         speech.synthesize("hello", SPEAKERS["train"][0])
+
+
+BABBLE_CFG = SpeechCorpusConfig(
+    n_train=12, n_valid=2, n_test=8, max_seconds=1.5, seed=1, train_noises=("babble", "pink"), test_noises=("babble", "hum")
+)
+
+
+def test_babble_corpus_bytewise_repeatable():
+    """Two generations of one config (babble in train and test) agree byte for byte, metadata included."""
+    a, b = speech.generate_speech_corpus(BABBLE_CFG), speech.generate_speech_corpus(BABBLE_CFG)
+    for name in ("train", "valid", "test"):
+        sa, sb = a.split(name), b.split(name)
+        assert sa.meta == sb.meta and len(sa) == len(sb)
+        for arrays_a, arrays_b in ((sa.clean, sb.clean), (sa.noisy, sb.noisy)):
+            for x, y in zip(arrays_a, arrays_b):
+                assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+    for split in (a.train, a.test):
+        assert sum(m["noise"] == "babble" for m in split.meta) >= 2
+
+
+def test_synthesize_many_matches_sequential_in_order():
+    speakers = SPEAKERS["babble"] + SPEAKERS["train"][:3]  # breath (f2/f3) and flutter (f1/m1) variants among them
+    rng = np.random.default_rng(11)
+    jobs = [(make_sentence(rng), spk) for spk in speakers]
+    sequential = [speech.synthesize(text, spk) for text, spk in jobs]
+    threaded = speech._synthesize_many(jobs, 16000, workers=2)
+    assert len({len(w) for w in sequential}) > 1  # the order is observable
+    assert len(threaded) == len(sequential)
+    for x, y in zip(sequential, threaded):
+        assert x.dtype == y.dtype == np.float32 and x.tobytes() == y.tobytes()
+
+
+def _wav(payload: bytes, riff_size: int = 0x7FFFF024, data_size: int = 0x7FFFF000, rate: int = 22050, bits: int = 16) -> bytes:
+    fmt = (16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
+    fmt += rate.to_bytes(4, "little") + (rate * bits // 8).to_bytes(4, "little") + (bits // 8).to_bytes(2, "little")
+    fmt += bits.to_bytes(2, "little")
+    return b"RIFF" + riff_size.to_bytes(4, "little") + b"WAVEfmt " + fmt + b"data" + data_size.to_bytes(4, "little") + payload
+
+
+def test_wav_header_checked_and_short_reads_raise():
+    samples = np.array([0, 1, -2, 32767, -32768], dtype="<i2").tobytes()
+    rate, x = speech._parse_espeak_wav(_wav(samples), "t")  # espeak-ng's streamed placeholder sizes
+    assert rate == 22050 and x.tolist() == [0, 1, -2, 32767, -32768]
+    rate, x = speech._parse_espeak_wav(_wav(samples, riff_size=36 + 10, data_size=10), "t")  # exact sizes
+    assert len(x) == 5
+    with pytest.raises(RuntimeError, match="short read"):
+        speech._parse_espeak_wav(_wav(samples[:6], riff_size=36 + 10, data_size=10), "t")
+    with pytest.raises(RuntimeError, match="truncated"):
+        speech._parse_espeak_wav(_wav(samples[:7]), "t")
+    with pytest.raises(RuntimeError, match="no samples"):
+        speech._parse_espeak_wav(_wav(b""), "t")
+    with pytest.raises(RuntimeError, match="unexpected WAV format"):
+        speech._parse_espeak_wav(_wav(samples, bits=8), "t")
+    with pytest.raises(RuntimeError, match="no WAV data"):
+        speech._parse_espeak_wav(_wav(samples)[:40], "t")
+
+
+def test_unknown_voice_or_variant_raises_instead_of_falling_back():
+    """espeak-ng silently speaks the plain voice for an unknown variant (exit status 0): refuse it."""
+    with pytest.raises(MissingDataError, match="variant 'zz9'"):
+        speech.synthesize("hello", speech.Speaker("x", "en-us+zz9", 50, 170))
+    with pytest.raises(MissingDataError, match="language 'en-xx'"):
+        speech.synthesize("hello", speech.Speaker("x", "en-xx+f3", 50, 170))

@@ -24,10 +24,14 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,23 +420,100 @@ def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return resample_poly(x, rate_out // g, rate_in // g).astype(np.float32)
 
 
+# espeak-ng writes its WAV header before it knows the length; on a pipe it never rewrites it, so
+# the RIFF and data sizes stay these placeholders and the samples run to the end of the output.
+_WAV_HEADER_BYTES = 44
+_STREAMED_RIFF_SIZE = 0x7FFFF024
+_STREAMED_DATA_SIZE = 0x7FFFF000
+
+
+def _parse_espeak_wav(out: bytes, what: str) -> tuple[int, np.ndarray]:
+    """``(sample rate, int16 samples)`` of espeak-ng's ``--stdout`` WAV; a clear error on anything unexpected.
+
+    Checks every field of the 44-byte header (RIFF/WAVE, a 16-byte ``fmt`` chunk of mono 16-bit
+    PCM, then ``data``), and the length of the samples: with the streamed placeholder sizes the
+    payload must be a whole number of samples; with real sizes it must be exactly the data size.
+    A short (truncated) read therefore raises instead of giving a shorter wave.
+    """
+    n = _WAV_HEADER_BYTES
+    if len(out) < n or out[:4] != b"RIFF" or out[8:16] != b"WAVEfmt " or out[36:40] != b"data":
+        raise RuntimeError(f"espeak-ng returned no WAV data for {what} ({len(out)} bytes, starting {out[:16]!r})")
+
+    def u32(at: int) -> int:
+        return int.from_bytes(out[at : at + 4], "little")
+
+    def u16(at: int) -> int:
+        return int.from_bytes(out[at : at + 2], "little")
+
+    fmt = {"fmt size": u32(16), "format": u16(20), "channels": u16(22), "block align": u16(32), "bits": u16(34)}
+    rate, byte_rate = u32(24), u32(28)
+    if fmt != {"fmt size": 16, "format": 1, "channels": 1, "block align": 2, "bits": 16} or rate <= 0 or byte_rate != 2 * rate:
+        raise RuntimeError(f"espeak-ng returned an unexpected WAV format for {what}: {fmt}, rate {rate}, byte rate {byte_rate}")
+    riff_size, data_size, payload = u32(4), u32(40), len(out) - n
+    streamed = data_size == _STREAMED_DATA_SIZE and riff_size == _STREAMED_RIFF_SIZE
+    if not streamed and (payload != data_size or riff_size != len(out) - 8):
+        raise RuntimeError(
+            f"espeak-ng output for {what} has {payload} data bytes ({len(out)} in all) but its header says "
+            f"{data_size} data bytes (RIFF size {riff_size}): a short read or a malformed WAV"
+        )
+    if payload % 2:
+        raise RuntimeError(f"espeak-ng output for {what} is truncated: {payload} data bytes, not a whole number of samples")
+    if payload == 0:
+        raise RuntimeError(f"espeak-ng returned no samples for {what}")
+    return rate, np.frombuffer(out, dtype="<i2", offset=n)
+
+
+@functools.cache
+def _installed_voices(espeak: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The languages (``espeak-ng --voices``) and variants (``--voices=variant``) that ``espeak`` has."""
+
+    def listing(arg: str) -> list[str]:
+        return subprocess.run([espeak, arg], capture_output=True, check=True, text=True, timeout=60).stdout.splitlines()[1:]
+
+    languages = frozenset(line.split()[1].lower() for line in listing("--voices") if len(line.split()) > 1)
+    variants = frozenset(m.group(1) for line in listing("--voices=variant") if (m := re.search(r"!v/(.+?)\s*(?:\(|$)", line)))
+    return languages, variants
+
+
+def _check_voice(espeak: str, voice: str) -> None:
+    """Raise unless espeak-ng has ``voice``'s language and variant: for an unknown variant (or a
+    language it can only approximate) espeak-ng silently speaks another voice and exits 0, which
+    would change the corpus without any error."""
+    language, _, variant = voice.partition("+")
+    languages, variants = _installed_voices(espeak)
+    missing = [f"language {language!r}"] if language.lower() not in languages else []
+    missing += [f"variant {variant!r}"] if variant and variant not in variants else []
+    if missing:
+        raise MissingDataError(
+            f"espeak-ng has no {' and no '.join(missing)} for voice {voice!r} (it would silently use another voice). "
+            "Install the Debian package espeak-ng-data (apt-get install espeak-ng-data)."
+        )
+
+
 def synthesize(text: str, speaker: Speaker, sample_rate: int = 16000) -> np.ndarray:
     """Speak ``text`` with ``speaker`` through espeak-ng; a float32 wave in [-1, 1] at ``sample_rate``.
 
-    Raises :class:`~qattn.book.data.common.MissingDataError` naming espeak-ng when it is missing.
+    Raises :class:`~qattn.book.data.common.MissingDataError` naming espeak-ng when it is missing, or
+    when it lacks the speaker's voice or variant; :class:`RuntimeError` when espeak-ng fails or its
+    WAV output is malformed or truncated (see :func:`_parse_espeak_wav`).
     """
-    cmd = [_espeak(), "-v", speaker.voice, "-p", str(speaker.pitch), "-s", str(speaker.speed), "--stdout", text]
-    out = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
-    if out[:4] != b"RIFF" or len(out) < 44:
-        raise RuntimeError(f"espeak-ng returned no WAV data for voice {speaker.voice!r}")
-    rate = int.from_bytes(out[24:28], "little")
-    # espeak-ng streams to stdout with a placeholder size in the header: read the samples after it.
-    wave = np.frombuffer(out[44 : 44 + (len(out) - 44) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
-    return _resample(wave, rate, sample_rate)
+    espeak = _espeak()
+    _check_voice(espeak, speaker.voice)
+    cmd = [espeak, "-v", speaker.voice, "-p", str(speaker.pitch), "-s", str(speaker.speed), "--stdout", text]
+    proc = subprocess.run(cmd, capture_output=True, timeout=60)
+    what = f"voice {speaker.voice!r} and text {text!r}"
+    if proc.returncode != 0:
+        raise RuntimeError(f"espeak-ng failed (exit status {proc.returncode}) for {what}: {proc.stderr.decode(errors='replace').strip()}")
+    rate, samples = _parse_espeak_wav(proc.stdout, what)
+    return _resample(samples.astype(np.float32) / 32768.0, rate, sample_rate)
 
 
 def _synthesize_many(jobs: list[tuple[str, Speaker]], sample_rate: int, workers: int = 2) -> list[np.ndarray]:
-    """:func:`synthesize` for each ``(text, speaker)``, two espeak-ng processes at a time, in order."""
+    """:func:`synthesize` for each ``(text, speaker)``, ``workers`` espeak-ng processes at a time.
+
+    The waves come back in the order of ``jobs`` whatever order the processes finish in, and each
+    one depends only on its own job, so the result is the same as calling :func:`synthesize` in turn.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -625,9 +706,14 @@ def _save(corpus: SpeechCorpus, path: Path) -> None:
         meta[name] = split.meta
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    # A temporary name of its own per process and thread, so that two generations of the same config
+    # at once never write into one file; the rename is atomic.
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _load(path: Path, cfg: SpeechCorpusConfig) -> SpeechCorpus:

@@ -61,7 +61,9 @@ FREQ_BOTTLENECK = (N_FFT // 2 + 2) // 2
 PAPER_PARAMS = {"qconformer": 0.80e6, "qtransformer": 0.62e6, "real_conformer": 3.19e6}
 
 
-#: The narrow models trained in the full profile (keys: fields of SpeechModelConfig).
+#: The narrow models trained in the full profile (keys: fields of SpeechModelConfig): the release's
+#: architecture at the width the budget allows (growth 8 vs 64, d_model 16 vs 64, one bottleneck
+#: block per axis vs two), with the magnitude mask and compressed input (see SpeechModelConfig).
 _NARROW = dict(
     growth=8,
     dense_width=16,
@@ -75,7 +77,15 @@ _NARROW = dict(
     decoder_dilations=(2, 1),
     dropout=0.0,
     attn_dropout=0.0,
+    mask="magnitude",
+    input_compression=0.3,
 )
+
+#: Equivalence margins of shared − Hamilton, declared before the reference run.
+MARGINS = {"pesq": 0.1, "stoi": 0.01, "si_sdr": 0.5}
+
+#: Targets of every trained variant over the noisy input (mean gain on the test set).
+TARGET_GAINS = {"pesq": 0.3, "si_sdr": 4.0, "stoi": 0.0}
 
 
 @dataclass(frozen=True)
@@ -91,21 +101,31 @@ class SpeechExperimentConfig(ExperimentConfig):
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "full": dict(
             model=_NARROW,
-            corpus=dict(n_train=120, n_valid=8, n_test=12, max_seconds=2.5),
-            steps=80,
-            valid_every=10,
-            warmup_steps=10,
+            corpus=dict(n_train=1000, n_valid=16, n_test=200, max_seconds=2.5),
+            quaternion_seeds=3,
+            steps=150,
+            batch_size=8,
+            lr=2e-3,
+            valid_every=25,
+            valid_crop_s=1.5,
+            warmup_steps=15,
             cosine_decay=True,
             betas=(0.9, 0.999),
-            train_threads=2,
-            timing_repeats=3,
+            timing_repeats=2,
+            breakdown_s=4.0,
+            breakdown_repeats=1,
             release_whole_repeats=2,
             release_memory=False,
         ),
         "ci": dict(
             model=dict(_NARROW, encoder_dilations=(1,), decoder_dilations=(1,), growth=4, dense_width=8),
             corpus=dict(n_train=8, n_valid=2, n_test=3, max_seconds=1.5),
-            quaternion_seeds=1,
+            quaternion_seeds=2,
+            mask_estimator_steps=2,
+            overfit_steps=2,
+            overfit_batch=2,
+            breakdown_s=0.5,
+            breakdown_repeats=1,
             steps=2,
             batch_size=2,
             valid_every=2,
@@ -127,6 +147,7 @@ class SpeechExperimentConfig(ExperimentConfig):
     variants: tuple[str, ...] = choice(VARIANTS, tuple(VARIANTS))
     quaternion_seeds: int = 2
     real_seeds: int = 1
+    workers: int = 2
     steps: int = 36
     batch_size: int = 4
     crop_s: float = 0.5
@@ -138,6 +159,9 @@ class SpeechExperimentConfig(ExperimentConfig):
     valid_every: int = 8
     valid_crop_s: float = 1.0
     n_test: int | None = None
+    mask_estimator_steps: int = 600
+    overfit_steps: int = 60
+    overfit_batch: int = 4
     train_threads: int = 1
     threads: int = 2
     timing_lengths: tuple[float, ...] = (1.0, 2.0, 4.0, 6.86)
@@ -149,6 +173,9 @@ class SpeechExperimentConfig(ExperimentConfig):
     maps_limit_gb: float = 8.0
     memory: bool = True
     release_memory: bool = True
+    breakdown_s: float = 6.86
+    breakdown_repeats: int = 2
+    bootstrap_resamples: int = 2000
     divergence_s: float = 1.0
     divergence_sequences: int = 8
     n_examples: int = 3

@@ -26,7 +26,8 @@ def enhance_waves(model: nn.Module, waves: list[np.ndarray]) -> list[np.ndarray]
 def score_waves(clean: list[np.ndarray], processed: list[np.ndarray], meta: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [evaluate_pair(c, p) for c, p in zip(clean, processed)]
     out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    out["per_utterance_pesq"] = [r["pesq"] for r in rows]
+    for key in ("pesq", "stoi", "si_sdr"):
+        out[f"per_utterance_{key}"] = [r[key] for r in rows]
     by_noise: dict[str, list[float]] = {}
     for r, m in zip(rows, meta):
         by_noise.setdefault(m["noise"], []).append(r["pesq"])

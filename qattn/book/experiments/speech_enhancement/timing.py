@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from qattn.attention import QuaternionMultiheadAttention
 from qattn.book.experiments.speech_enhancement.config import FREQ_BOTTLENECK, VARIANTS, SpeechExperimentConfig, model_config
 from qattn.book.harness.memory import peak_memory as probe_peak_memory
 from qattn.book.harness.timing import summary, time_interleaved
-from qattn.book.models.speech import HOP, SpeechEnhancer, SpeechModelConfig, count_parameters, release_config
+from qattn.book.models.speech import HOP, DenseBlock, SpeechEnhancer, SpeechModelConfig, count_parameters, release_config
 
 
 def _need_weights_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -129,6 +130,133 @@ def attention_share(model: SpeechEnhancer, seconds: float) -> float:
     return spent[0] / total
 
 
+BREAKDOWN_CATEGORIES = ("stft", "attention", "bottleneck_other", "dense_blocks", "other_convs")
+
+
+class _ExclusiveClock:
+    """Self time per category: a stack of active categories, each interval charged to the innermost.
+
+    ``enter(c)`` charges the time since the last event to the category on top of the stack and
+    pushes ``c``; ``leave()`` charges it to the top and pops. A nested timed module (attention
+    inside a conformer block, a dense block inside the encoder) therefore stops its parent's clock
+    while it runs, and no interval is counted twice.
+    """
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = dict.fromkeys(BREAKDOWN_CATEGORIES, 0.0)
+        self.stack: list[str] = []
+        self.last = 0.0
+
+    def reset(self) -> None:
+        self.spent = dict.fromkeys(BREAKDOWN_CATEGORIES, 0.0)
+        self.stack.clear()
+
+    def enter(self, category: str) -> None:
+        now = time.perf_counter()
+        if self.stack:
+            self.spent[self.stack[-1]] += now - self.last
+        self.stack.append(category)
+        self.last = now
+
+    def leave(self) -> None:
+        now = time.perf_counter()
+        self.spent[self.stack.pop()] += now - self.last
+        self.last = now
+
+
+def _timed_method(clock: _ExclusiveClock, method: Callable[..., Any], category: str) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        clock.enter(category)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            clock.leave()
+
+    return timed
+
+
+def time_breakdown(model: SpeechEnhancer, seconds: float, repeats: int = 3, warmup: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Where one whole-model forward's time goes, per layer type: batch 1, CPU, ``seconds`` of audio.
+
+    The wave is ``0.1·randn`` (generator seeded with ``seed``); the model runs in eval mode under
+    ``torch.inference_mode()`` with the current ``torch.get_num_threads()``. Forward pre/post hooks
+    (and, for the two steps that are methods rather than modules, ``mask`` and ``bottleneck``,
+    temporary wrappers on the instance) charge each interval to the innermost timed part that is
+    running, so nested parts are never counted twice. Categories (self time):
+
+    - ``"stft"``: everything of the forward outside :meth:`SpeechEnhancer.mask` — peak
+      normalisation, STFT, the quaternion input ``[0, |X|, Re X, Im X]``, the mask application,
+      iSTFT and the rescaling;
+    - ``"attention"``: the multi-head attention modules (:meth:`SpeechEnhancer.attention_modules`:
+      ``QuaternionMultiheadAttention`` or ``nn.MultiheadAttention``), projections included;
+    - ``"bottleneck_other"``: the rest of :meth:`SpeechEnhancer.bottleneck` — feed-forward
+      networks, conformer convolution modules, layer norms, residual adds and the reshapes
+      between the time and the frequency blocks;
+    - ``"dense_blocks"``: the ``DenseBlock`` modules of encoder and decoder (their 2-D
+      convolutions, batch norms, PReLU, gating and concatenation);
+    - ``"other_convs"``: the rest of :meth:`SpeechEnhancer.mask` — transitions, the strided and
+      the transposed convolution, 1×1 convolutions and batch norms of encoder, skip fusion (its
+      concatenation included) and decoder, and the mask head.
+
+    ``"unattributed"`` is the total minus the five (the model's own hook calls and the call glue
+    around them); ``"total"`` is the whole forward, hooks included. Each value is the median over
+    ``repeats`` timed forwards, after ``warmup`` untimed ones; shares are of ``total_s``.
+
+    Returns ``{"seconds": {category: s}, "share": {category: fraction}, "total_s", "audio_s",
+    "rtf", "threads", "repeats"}``. All hooks and wrappers are removed again, and the model's
+    train/eval mode restored, also on error.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("time_breakdown times a model on the CPU")
+    wave = 0.1 * torch.randn(1, int(round(seconds * 16000)), generator=torch.Generator().manual_seed(seed))
+    clock = _ExclusiveClock()
+    timed_modules: list[tuple[nn.Module, str]] = [(model, "stft")]
+    timed_modules += [(m, "attention") for m in model.attention_modules()]
+    timed_modules += [(m, "dense_blocks") for m in model.modules() if isinstance(m, DenseBlock)]
+    handles = []
+    was_training = model.training
+    shadowed = {name: model.__dict__[name] for name in ("mask", "bottleneck") if name in model.__dict__}
+    runs: list[dict[str, float]] = []
+    try:
+        for module, category in timed_modules:
+            handles.append(module.register_forward_pre_hook(lambda *_, c=category: clock.enter(c)))
+            handles.append(module.register_forward_hook(lambda *_: clock.leave()))
+        model.mask = _timed_method(clock, model.mask, "other_convs")  # type: ignore[method-assign]
+        model.bottleneck = _timed_method(clock, model.bottleneck, "bottleneck_other")  # type: ignore[method-assign]
+        model.eval()
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                clock.reset()
+                t0 = time.perf_counter()
+                model(wave)
+                total = time.perf_counter() - t0
+                if i >= warmup:
+                    run = dict(clock.spent)
+                    run["unattributed"] = total - sum(clock.spent.values())
+                    run["total"] = total
+                    runs.append(run)
+    finally:
+        for h in handles:
+            h.remove()
+        for name in ("mask", "bottleneck"):
+            model.__dict__.pop(name, None)
+        model.__dict__.update(shadowed)
+        model.train(was_training)
+    secs = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    total_s = secs["total"]
+    return {
+        "seconds": secs,
+        "share": {key: value / total_s for key, value in secs.items()},
+        "total_s": total_s,
+        "audio_s": seconds,
+        "rtf": total_s / seconds,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
+
+
 def release_params() -> dict[str, int]:
     """Parameter counts of the release-sized QConformer, QTransformer and real Conformer."""
     return {
@@ -239,4 +367,20 @@ def memory_table(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> lis
         r = peak_memory(mc, longest, cfg.threads, materialise_maps=maps)
         rows.append({"size": size, "model": name, "seconds": longest, **r})
         log(f"  peak memory {size} {name} at {longest} s: " + (f"{r['peak_bytes'] / 2**20:.0f} MiB" if r["ok"] else r["error"]))
+    return rows
+
+
+def breakdown_table(cfg: SpeechExperimentConfig, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """:func:`time_breakdown` of the release-sized QTransformer and QConformer, Hamilton and shared
+    scores, at ``cfg.breakdown_s`` seconds with ``cfg.threads`` threads (random weights: time does
+    not depend on their values)."""
+    rows = []
+    for family in ("transformer", "conformer"):
+        for score in ("hamilton", "shared"):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                model = SpeechEnhancer(release_config(family, score=score)).eval()
+            r = time_breakdown(model, cfg.breakdown_s, repeats=cfg.breakdown_repeats, warmup=1, seed=cfg.seed)
+            rows.append({"family": f"q{family}", "score": score, **r})
+            log(f"[speech] time breakdown, release-size q{family} {score} at {cfg.breakdown_s} s: RTF {r['rtf']:.3f}")
     return rows

@@ -54,33 +54,34 @@ def _valid_si_sdr(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) ->
     return float(np.mean([si_sdr(c, e) for c, e in zip(batch[1].numpy(), est)]))
 
 
-def train_one(
+def train_model(
+    model: nn.Module,
     cfg: SpeechExperimentConfig,
-    variant: str,
     seed: int,
     batches: list,
     valid: tuple[torch.Tensor, torch.Tensor],
     log: Callable[[str], None],
-) -> tuple[SpeechEnhancer, dict[str, Any]]:
-    """Train ``variant`` on ``batches`` (:func:`~qattn.book.harness.training.fit`: AdamW, warm-up
-    then constant or cosine, clipping, dropout from ``seed + 1000``); keep the state with the best
-    validation SI-SDR (every ``valid_every`` steps and at the last).
+    name: str,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place on ``batches`` (:func:`~qattn.book.harness.training.fit`: AdamW,
+    warm-up then constant or cosine, clipping, dropout from ``seed + 1000``), keeping the state
+    with the best validation SI-SDR (every ``valid_every`` steps and at the last).
 
-    Returns the best model (eval mode) and its history: per-step losses, validation curve, best
-    step, wall time and parameter count.
+    Returns the history: per-step losses and loss terms, validation curve, best step, wall time
+    and parameter count. ``steps`` (default ``len(batches)``) sets the schedule's length.
     """
-    model = build_model(cfg.model, variant, seed)
-    params = count_parameters(model)
+    steps = len(batches) if steps is None else steps
     loop = LoopConfig(
-        steps=len(batches),
+        steps=steps,
         lr=cfg.lr,
         optimizer="adamw",
         weight_decay=0.01,
         betas=cfg.betas,  # torch's AdamW default decay
-        warmup_steps=cfg.warmup_steps,
+        warmup_steps=min(cfg.warmup_steps, steps // 2),
         decay="cosine" if cfg.cosine_decay else "constant",
         grad_clip=cfg.clip_norm,
-        validate_at=every(len(batches), cfg.valid_every),
+        validate_at=every(steps, min(cfg.valid_every, steps)),
         dropout_seed=seed + 1000,
     )
 
@@ -91,22 +92,36 @@ def train_one(
 
     result = fit(
         model,
-        batches,
+        batches[:steps],
         loss_fn,
         lambda m: {"valid_si_sdr": _valid_si_sdr(m, valid)},
         loop,
         select="valid_si_sdr",
         log=log,
-        name=f"{variant} seed {seed}",
+        name=name,
     )
-    history: dict[str, Any] = {
+    return {
         "loss": result.step_losses,
         "terms": result.step_terms,
         "valid_step": [h["step"] for h in result.history],
         "valid_si_sdr": [h["valid_si_sdr"] for h in result.history],
-        "params": params,
+        "params": count_parameters(model),
         "best_step": result.best_step,
         "best_valid_si_sdr": result.best_score,
         "wall_s": result.wall_s,
     }
+
+
+def train_one(
+    cfg: SpeechExperimentConfig,
+    variant: str,
+    seed: int,
+    batches: list,
+    valid: tuple[torch.Tensor, torch.Tensor],
+    log: Callable[[str], None],
+) -> tuple[SpeechEnhancer, dict[str, Any]]:
+    """Build ``variant`` under ``seed`` and train it (:func:`train_model`); returns the best model
+    (eval mode) and its history."""
+    model = build_model(cfg.model, variant, seed)
+    history = train_model(model, cfg, seed, batches, valid, log, f"{variant} seed {seed}")
     return model, history

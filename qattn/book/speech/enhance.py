@@ -26,9 +26,12 @@ class EnhanceError(ValueError):
 
 
 def default_checkpoint(variant: str = "qconformer_shared") -> Path:
-    """The first existing ``<variant>.pt`` in :func:`qattn.book.paths.models_dir` of the full, then the ci
-    profile, then among the committed full-profile reference's checkpoints (``results/speech_models``)."""
-    searched = [paths.models_dir(profile) for profile in ("full", "ci")] + [paths.reference_dir("full") / "speech_models"]
+    """The first existing ``<variant>.pt`` among: the full profile's own build
+    (:func:`qattn.book.paths.models_dir`), the committed full-profile reference
+    (``results/speech_models``, there after a checkout: the command works without training), and
+    last the ci profile's build (a model trained for a few steps, better than nothing only for a
+    smoke test)."""
+    searched = [paths.models_dir("full"), paths.reference_dir("full") / "speech_models", paths.models_dir("ci")]
     for folder in searched:
         path = folder / f"{variant}.pt"
         if path.exists():

@@ -93,7 +93,7 @@ class VQAExperimentConfig(ExperimentConfig):
     easy_variants: tuple[str, ...] = choice(VARIANTS, ("ban2", "qban_shared", "qban_hamilton"))
     clevr_variants: tuple[str, ...] = choice(VARIANTS, tuple(VARIANTS))
     easy_limit_images: int | None = None
-    easy_epochs: int = 6
+    easy_epochs: int = 10
     clevr_sizes: tuple[int, int, int] = (1200, 200, 200)
     clevr_epochs: int = 6
     images_per_batch: int = 32

@@ -8,24 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qattn.book.data.speech import SPEAKERS, make_noise, mix_at_snr, synthesize
-from qattn.book.models.speech import RecurrentMaskEstimator, SpeechEnhancer, SpeechModelConfig, apply_mask
+from qattn.book.experiments import speech_enhancement as exp
+from qattn.book.models.speech import RecurrentMaskEstimator, SpeechEnhancer, apply_mask
 from qattn.book.speech.baselines import ideal_ratio_mask, spectral_subtraction
 from qattn.book.speech.losses import total_loss
 from qattn.book.speech.metrics import si_sdr
 from qattn.book.stats import equivalence, two_way_bootstrap
 
-TINY = dict(
-    growth=4,
-    dense_width=8,
-    d_model=16,
-    num_heads=2,
-    ffn_dim=32,
-    conv_kernel=3,
-    n_time_blocks=1,
-    n_freq_blocks=1,
-    encoder_dilations=(1,),
-    decoder_dilations=(1,),
-)
+#: The ci profile's narrow model (magnitude mask, compressed input): the experiment's own config.
+TINY = exp.model_config(exp.config_for("ci").model, "qconformer_shared")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +64,8 @@ def test_magnitude_mask_keeps_the_noisy_phase_and_is_bounded():
     assert (out.abs() <= spec.abs() + 1e-6).all()
     with pytest.raises(ValueError, match="1 .gain. or 2"):
         apply_mask(spec, torch.rand(2, 3, 5, 7))
-    model = SpeechEnhancer(SpeechModelConfig(**TINY, mask="magnitude", input_compression=0.3)).eval()
+    assert TINY.mask == "magnitude" and TINY.input_compression == 0.3
+    model = SpeechEnhancer(TINY).eval()
     with torch.no_grad():
         features = torch.randn(1, 4, 9, 201)
         mask = model.mask(features)[0]
@@ -82,9 +74,9 @@ def test_magnitude_mask_keeps_the_noisy_phase_and_is_bounded():
 
 def test_config_refuses_unknown_mask_and_bad_compression():
     with pytest.raises(ValueError, match="mask must be"):
-        SpeechModelConfig(**TINY, mask="phase")
+        TINY.replace(mask="phase")
     with pytest.raises(ValueError, match="input_compression"):
-        SpeechModelConfig(**TINY, input_compression=0.0)
+        TINY.replace(input_compression=0.0)
 
 
 def test_recurrent_mask_estimator_fits_one_batch(utterance):

@@ -3,6 +3,7 @@
 A quaternion layer holds four real weights ``W_r, W_i, W_j, W_k`` of shape
 ``(out/4, in/4, *kernel)`` and computes ``y = W ⊗ x`` (weight on the LEFT) at every position:
 the four weights are assembled into the real block matrix of :func:`qattn.quaternion.left_matrix`
+(by :func:`qattn.quaternion.left_matrices`, one autograd node)
 and applied with ONE call of ``F.linear`` / ``F.conv*``. The layer has a quarter of the
 parameters of the real layer of the same size and the same number of multiplications.
 Sizes are given in real units and must be multiples of 4.
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qattn.quaternion import left_matrix
+from qattn.quaternion import left_matrices
 
 __all__ = [
     "BlockCache",
@@ -114,7 +115,8 @@ class BlockCache:
     def get(self, params: tuple[Tensor, ...], build) -> Tensor:
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return build()
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        first = params[0]
+        key = (first.dtype, first.device, *[(p.data_ptr(), p._version) for p in params])
         if key != self._key or self._value is None:
             with torch.no_grad():
                 self._value = build()
@@ -161,14 +163,17 @@ class _QuaternionWeights(nn.Module):
 
     def components(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The four weight components ``(W_r, W_i, W_j, W_k)``."""
-        return (self.weight_r, self.weight_i, self.weight_j, self.weight_k)
+        p = self._parameters  # direct lookups: this runs at every forward
+        return (p["weight_r"], p["weight_i"], p["weight_j"], p["weight_k"])  # type: ignore[return-value]
 
     def block_weight(self) -> Tensor:
         """The assembled real weight ``(out, in, *kernel)``: :func:`~qattn.quaternion.left_matrix` of the components.
 
-        Without autograd (inference) it is assembled once and reused until a weight changes.
+        Assembled by :func:`~qattn.quaternion.left_matrices` (one autograd node). Without autograd
+        (inference) it is assembled once and reused until a weight changes.
         """
-        return self._block_cache.get(self.components(), lambda: left_matrix(*self.components()))
+        components = self.components()
+        return self._block_cache.get(components, lambda: left_matrices(torch.stack(components)[None])[0])
 
 
 class QuaternionLinear(_QuaternionWeights):

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from qattn.attention import _masks
 from qattn.attention.registry import Mechanism, get_mechanism, mechanism_names
 from qattn.layers import BlockCache, QuaternionLinear
+from qattn.quaternion import left_matrices
 
 __all__ = ["QuaternionMultiheadAttention", "swap_attention", "head_order", "HEAD_SPLITS"]
 
@@ -245,30 +246,35 @@ class QuaternionMultiheadAttention(nn.Module):
         params: list[Tensor] = []
         for proj in projections:
             params.extend(proj.components())
-            if proj.bias is not None:
-                params.append(proj.bias)
+            bias = proj._parameters.get("bias")
+            if bias is not None:
+                params.append(bias)
         return tuple(params)
 
     def _packed_qkv(self) -> tuple[Tensor, Tensor | None]:
-        """q, k, v block matrices with rows in head-major order, stacked ``(3E, E)``, and biases ``(3E,)``."""
+        """q, k, v block matrices with rows in head-major order, stacked ``(3E, E)``, and biases ``(3E,)``.
+
+        One :func:`~qattn.quaternion.left_matrices` node assembles all three; with biases, weight
+        and bias are views of one ``(3E, E + 1)`` matrix (the bias its last column).
+        """
         projections = (self.q_proj, self.k_proj, self.v_proj)
+        heads = None if self.head_split == "release" else self.num_heads
+        has_bias = self.q_proj.bias is not None
 
-        def build() -> Tensor:
-            weight = torch.cat([self.head_major(p.block_weight(), 0) for p in projections])
-            if self.q_proj.bias is None:
-                return weight
-            bias = torch.cat([self.head_major(p.bias, 0) for p in projections])
-            return torch.cat([weight, bias[:, None]], dim=1)  # bias as an extra column
+        def build() -> tuple[Tensor, Tensor | None]:
+            weights = torch.stack([w for p in projections for w in p.components()]).unflatten(0, (3, 4))
+            if not has_bias:
+                return left_matrices(weights, row_heads=heads).flatten(0, 1), None
+            bias = torch.stack([p.bias for p in projections])
+            return left_matrices(weights, row_heads=heads, bias=bias)
 
-        packed = self._qkv_cache.get(self._projection_parameters(projections), build)
-        if self.q_proj.bias is None:
-            return packed, None
-        return packed[:, :-1], packed[:, -1]
+        return self._qkv_cache.get(self._projection_parameters(projections), build)
 
     def _output_weight(self) -> Tensor:
         """Output block matrix with columns in head-major order ``(E, E)``."""
         comps = self.out_proj.components()
-        return self._out_cache.get(comps, lambda: self.head_major(self.out_proj.block_weight(), 1))
+        heads = None if self.head_split == "release" else self.num_heads
+        return self._out_cache.get(comps, lambda: left_matrices(torch.stack(comps)[None], col_heads=heads)[0])
 
     def _project_heads(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, L, E)`` inputs → q, k, v as ``(B, H, L, 4, d_h)`` views; ONE fused ``F.linear``

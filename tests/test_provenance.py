@@ -1,6 +1,7 @@
 """qattn.book.provenance: atomic writes, reuse by config and code version, FRESH=1, provenance fields."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +258,72 @@ def test_a_run_that_does_not_write_its_declared_assets_fails(tmp_path):
     with pytest.raises(FileNotFoundError, match="exp_audio.npz"):
         run_cached("exp", {"n": 1}, Counter(), tmp_path, assets=ASSETS, fresh=True)
     assert not (tmp_path / "exp.json").exists()
+
+
+def test_a_reference_of_another_code_version_is_reused_only_when_declared_equivalent(tmp_path, monkeypatch):
+    """The ledger lets a reference stand for new code; without an entry for exactly this pair of
+    versions the chapter is recomputed, and the reused result keeps its own provenance."""
+    monkeypatch.delenv("FRESH", raising=False)
+    reference, build = tmp_path / "results", tmp_path / "build"
+    reference.mkdir()
+    made = run_cached("exp", {"n": 1}, Counter(), reference)
+    old = dict(made, provenance=dict(made["provenance"], code_version="0ld"))
+    provenance.write_json_atomic(reference / "exp.json", old)
+    current = provenance.code_version()
+
+    counter = Counter()
+    run_cached("exp", {"n": 1}, counter, build, reference_dir=reference)
+    assert counter.calls == 1, "no ledger: another code version is recomputed"
+
+    ledger = reference / provenance.EQUIVALENCE_LEDGER
+    entry = {"chapter": "exp", "reference_version": "0ld", "code_version": "other", "evidence": "ci identical."}
+    provenance.write_json_atomic(ledger, {"entries": [entry]})
+    (build / "exp.json").unlink()
+    run_cached("exp", {"n": 1}, counter, build, reference_dir=reference)
+    assert counter.calls == 2, "an entry for another code version does not count"
+
+    provenance.write_json_atomic(ledger, {"entries": [entry, dict(entry, code_version=current)]})
+    (build / "exp.json").unlink()
+    reused = run_cached("exp", {"n": 1}, counter, build, reference_dir=reference)
+    assert counter.calls == 2 and reused["provenance"]["code_version"] == "0ld"
+    assert reused["equivalence"]["code_version"] == current
+    text = provenance.origin(reused, reference)
+    assert "declared equivalent" in text and "ci identical." in text and "measured with the reference's code" in text
+    assert run_cached("exp", {"n": 2}, counter, build, reference_dir=reference) and counter.calls == 3, "another config"
+
+
+def test_declare_equivalent_needs_bitwise_identical_ci_numbers(tmp_path):
+    """The script's evidence check: identical seeded numbers pass (timings may differ), one changed
+    number, a stale or copied ci run, or a ci reference of another version are refused."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "declare_equivalent.py"
+    spec = importlib.util.spec_from_file_location("declare_equivalent", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    full, ci, run = tmp_path / "full", tmp_path / "ci", tmp_path / "run"
+
+    def write(folder, version, run_id, acc=0.5, wall_s=1.0):
+        provenance.write_json_atomic(
+            folder / "ch.json",
+            {"config": {"n": 1}, "metrics": {"acc": acc, "wall_s": wall_s}, "provenance": {"code_version": version, "run_id": run_id}},
+        )
+
+    write(full, "X", "f")
+    write(ci, "X", "c")
+    write(run, "Y", "r", wall_s=9.0)
+    reference_version, sentence = module.evidence_for("ch", run, full, ci, "Y")
+    assert reference_version == "X" and "bitwise" in sentence
+    write(run, "Y", "r", acc=0.5000001)
+    with pytest.raises(ValueError, match="1 seeded numbers differ"):
+        module.evidence_for("ch", run, full, ci, "Y")
+    write(run, "Z", "r")
+    with pytest.raises(ValueError, match="not the current"):
+        module.evidence_for("ch", run, full, ci, "Y")
+    write(run, "Y", "c")
+    with pytest.raises(ValueError, match="copy of the ci reference"):
+        module.evidence_for("ch", run, full, ci, "Y")
+    write(run, "Y", "r")
+    write(ci, "W", "c")
+    with pytest.raises(ValueError, match="cannot vouch"):
+        module.evidence_for("ch", run, full, ci, "Y")

@@ -15,6 +15,13 @@ Every experiment and proof notebook stores what it measured through :func:`run_c
 A file whose ``config`` and ``code_version`` equal the current ones is reused instead of
 re-running; ``fresh=True`` (or the environment variable ``FRESH=1``) forces a new run. Files are
 written atomically (temporary file + rename), so a failed run never overwrites good results.
+
+A committed reference whose code version differs from the current one is still reused when the
+two versions were *declared equivalent* in the ledger ``equivalent_code.json`` beside it
+(:func:`declared_equivalence`): an entry is written by ``scripts/declare_equivalent.py`` only
+after the chapter's ci profile, recomputed with the current code, gave bitwise the seeded numbers
+of the committed ci reference (a refactor that changes no number, e.g. a faster assembly of the
+same weights). The reused result keeps its own provenance (its code version, commit, timings).
 """
 
 from __future__ import annotations
@@ -37,7 +44,16 @@ from typing import Any
 import qattn
 from qattn.book.imports import project_files
 
-__all__ = ["collect_provenance", "code_version", "write_json_atomic", "read_json", "run_cached", "origin"]
+__all__ = [
+    "collect_provenance",
+    "code_version",
+    "write_json_atomic",
+    "read_json",
+    "run_cached",
+    "origin",
+    "declared_equivalence",
+    "EQUIVALENCE_LEDGER",
+]
 
 #: The source of the installed ``qattn`` package: the code a result is computed with (hashed by
 #: :func:`code_version`; only read, never written to).
@@ -182,6 +198,39 @@ def _matches(path: Path, config: Mapping[str, Any], version: str) -> dict[str, A
     return None
 
 
+#: File name of the ledger of declared code-version equivalences, beside the references.
+EQUIVALENCE_LEDGER = "equivalent_code.json"
+
+
+def declared_equivalence(reference_dir: str | Path, name: str, reference_version: str, version: str) -> dict[str, Any] | None:
+    """The ledger entry (in ``reference_dir/equivalent_code.json``) declaring that experiment
+    ``name``'s reference, computed by code version ``reference_version``, stands for code version
+    ``version``; None if there is none (or no ledger)."""
+    ledger = Path(reference_dir) / EQUIVALENCE_LEDGER
+    if not ledger.is_file():
+        return None
+    for entry in read_json(ledger).get("entries", []):
+        if entry.get("chapter") == name and entry.get("reference_version") == reference_version and entry.get("code_version") == version:
+            return entry
+    return None
+
+
+def _reference_for(ref_dir: Path, name: str, config: Mapping[str, Any], version: str) -> dict[str, Any] | None:
+    """The committed reference of ``name`` for ``config`` at code version ``version``: same version,
+    or a version declared equivalent (the returned copy then carries the ledger entry as ``equivalence``)."""
+    path = ref_dir / f"{name}.json"
+    ref = _matches(path, config, version)
+    if ref is not None or not path.is_file():
+        return ref
+    ref = read_json(path)
+    if ref.get("config") != config:
+        return None
+    entry = declared_equivalence(ref_dir, name, ref.get("provenance", {}).get("code_version", ""), version)
+    if entry is None:
+        return None
+    return {**ref, "equivalence": entry}
+
+
 def _copy_atomic(source: Path, target: Path) -> None:
     """Copy a file or a folder to ``target`` through a temporary name and a rename."""
     tmp = target.with_name(f".{target.name}.tmp")
@@ -237,13 +286,16 @@ def run_cached(
             return old
         if reference_dir is not None:
             ref_dir = Path(reference_dir)
-            ref = _matches(ref_dir / f"{name}.json", config, version)
+            ref = _reference_for(ref_dir, name, config, version)
             if ref is not None and all((ref_dir / a).exists() for a in ref.get("assets", [])):
                 out.mkdir(parents=True, exist_ok=True)
                 for asset in ref.get("assets", []):
                     _copy_atomic(ref_dir / asset, out / asset)
                 write_json_atomic(path, ref)
-                print(f"[{name}] reusing the committed reference {ref_dir / (name + '.json')} (same config and code version {version})")
+                why = f"same config and code version {version}"
+                if "equivalence" in ref:
+                    why = f"same config; its code version {ref['provenance']['code_version']} is declared equivalent to {version}"
+                print(f"[{name}] reusing the committed reference {ref_dir / (name + '.json')} ({why})")
                 return ref
     print(f"[{name}] running ...", flush=True)
     start = time.perf_counter()
@@ -291,6 +343,14 @@ def origin(result: Mapping[str, Any], reference_dir: str | Path | None = None) -
         ref = read_json(reference).get("provenance", {})
         keys = ("run_id",) if "run_id" in prov else ("code_version", "git_commit", "date")
         if all(ref.get(k) == prov.get(k) for k in keys):
+            equivalence = result.get("equivalence")
+            if equivalence:
+                return (
+                    f"**Where these numbers come from:** the committed reference run ({run}), reused because this "
+                    f"build's configuration is the same and its code version `{equivalence['code_version']}` was "
+                    f"declared equivalent to the reference's: {equivalence['evidence']} Times and speeds in it were "
+                    f"measured with the reference's code. {how}"
+                )
             return (
                 f"**Where these numbers come from:** the committed reference run ({run}), reused because "
                 f"this build's configuration and code version are the same. {how}"

@@ -173,7 +173,7 @@ class _QuaternionWeights(nn.Module):
         (inference) it is assembled once and reused until a weight changes.
         """
         components = self.components()
-        return self._block_cache.get(components, lambda: left_matrices(torch.stack(components)[None])[0])
+        return self._block_cache.get(components, lambda: left_matrices(torch.stack(components).unsqueeze(0)).squeeze(0))
 
 
 class QuaternionLinear(_QuaternionWeights):

@@ -98,3 +98,60 @@ def test_bad_shapes_are_refused_with_the_expected_shape():
         qt.left_matrices(torch.zeros(1, 4, 4, 4), row_heads=3)
     with pytest.raises(ValueError, match="bias must have shape"):
         qt.left_matrices(torch.zeros(1, 4, 4, 4), bias=torch.zeros(1, 4))
+
+
+def _old_attention_forward(layer, x):
+    """The attention layer as it was computed before left_matrices (left_matrix, cat, a packed
+    (3E, E+1) matrix sliced into weight and bias): the reference the seeded results came from."""
+    import torch.nn.functional as F
+
+    projections = (layer.q_proj, layer.k_proj, layer.v_proj)
+    weight = torch.cat([layer.head_major(qt.left_matrix(*p.components()), 0) for p in projections])
+    bias = torch.cat([layer.head_major(p.bias, 0) for p in projections])
+    packed = torch.cat([weight, bias[:, None]], dim=1)
+    q, k, v = (
+        t.unflatten(-1, (layer.num_heads, 4, layer.head_units)).transpose(1, 2)
+        for t in F.linear(x, packed[:, :-1], packed[:, -1]).chunk(3, -1)
+    )
+    out, _ = layer.mechanism.core(q, k, v, need_weights=False)
+    out_weight = layer.head_major(qt.left_matrix(*layer.out_proj.components()), 1)
+    return F.linear(out.transpose(1, 2).flatten(2), out_weight, layer.out_proj.bias)
+
+
+@pytest.mark.parametrize("score", ["shared", "hamilton"])
+@pytest.mark.parametrize("embed_dim", [32, 256])
+def test_the_attention_layer_trains_bitwise_as_before(score, embed_dim):
+    """Output and every parameter's gradient of QuaternionMultiheadAttention equal, bitwise, those of
+    the computation the committed results were made with (sizes where F.linear's kernel depends on strides)."""
+    from qattn.attention import QuaternionMultiheadAttention
+
+    torch.manual_seed(0)
+    layer = QuaternionMultiheadAttention(embed_dim, 4, score=score, batch_first=True)
+    x = torch.randn(2, 100, embed_dim)
+    new = layer(x, x, x, need_weights=False)[0]
+    grads_new = torch.autograd.grad(new.square().sum(), list(layer.parameters()))
+    old = _old_attention_forward(layer, x)
+    grads_old = torch.autograd.grad(old.square().sum(), list(layer.parameters()))
+    assert torch.equal(new, old)
+    assert all(torch.equal(a, b) for a, b in zip(grads_new, grads_old))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_quaternion_layers_train_bitwise_as_before(kind):
+    import torch.nn.functional as F
+
+    from qattn.layers import QuaternionConv2d, QuaternionLinear
+
+    torch.manual_seed(1)
+    if kind == "linear":
+        layer, x = QuaternionLinear(64, 32), torch.randn(50, 64)
+        old = F.linear(x, qt.left_matrix(*layer.components()), layer.bias)
+    else:
+        layer, x = QuaternionConv2d(8, 12, 3, padding=1), torch.randn(2, 8, 9, 9)
+        old = F.conv2d(x, qt.left_matrix(*layer.components()), layer.bias, padding=1)
+    new = layer(x)
+    params = list(layer.parameters())
+    assert torch.equal(new, old)
+    grads_new = torch.autograd.grad(new.square().sum(), params)
+    grads_old = torch.autograd.grad(old.square().sum(), params)
+    assert all(torch.equal(a, b) for a, b in zip(grads_new, grads_old))

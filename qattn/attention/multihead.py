@@ -274,7 +274,7 @@ class QuaternionMultiheadAttention(nn.Module):
         """Output block matrix with columns in head-major order ``(E, E)``."""
         comps = self.out_proj.components()
         heads = None if self.head_split == "release" else self.num_heads
-        return self._out_cache.get(comps, lambda: left_matrices(torch.stack(comps)[None], col_heads=heads)[0])
+        return self._out_cache.get(comps, lambda: left_matrices(torch.stack(comps).unsqueeze(0), col_heads=heads).squeeze(0))
 
     def _project_heads(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, L, E)`` inputs → q, k, v as ``(B, H, L, 4, d_h)`` views; ONE fused ``F.linear``

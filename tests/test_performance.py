@@ -77,6 +77,17 @@ def test_longest_sequence_respects_the_cap():
 def test_tiny_run_is_json_serialisable_with_headlines():
     cfg = bench.BenchConfig.for_profile(
         "ci",
+        grid_embed_dims=[32],
+        grid_batches=[1, 2],
+        grid_lengths=[16, 64],
+        grid_max_work_backward=2 * 16 * 16,
+        layer_cases=[["linear", 16, 16, 0]],
+        profile_cells=[[32, 1, 16, True]],
+        mechanism_variants=["sdpa", "shared", "clustered"],
+        mechanism_lengths=[64, 128],
+        mechanism_memory_lengths=[],
+        mechanism_longest_time_limit_s=0.05,
+        mechanism_longest_start=64,
         lengths=[32, 256],
         warmup=0,
         repeats=2,
@@ -95,3 +106,65 @@ def test_tiny_run_is_json_serialisable_with_headlines():
     assert all(h["kind"] == "ratio" and isinstance(h["target_met"], bool) for h in result["headline"])
     assert result["machine"]["flops_per_s"] > 0 and all(0 < a["fraction_of_matmul"] for a in result["achieved"])
     assert logs and "shared" in bench.format_table(result)
+
+
+def test_grid_respects_its_work_bounds_and_ratios_come_from_one_cell():
+    """Cells past the work bound are not run; each ratio is the two medians of the same cell."""
+    cfg = bench.BenchConfig.for_profile(
+        "ci", grid_embed_dims=[32], grid_batches=[1, 4], grid_lengths=[8, 32], grid_max_work=4 * 32 * 32 - 1,
+        grid_max_work_backward=8 * 8, warmup=0, grid_repeats=1, grid_min_time_s=0.0,
+    )  # fmt: skip
+    rows = bench.grid(cfg, log=lambda _: None)
+    cells = {(r["batch"], r["length"], r["mode"]) for r in rows}
+    assert (4, 32, "forward") not in cells and (1, 32, "forward") in cells, "forward bound B·N² < 4·32²"
+    assert {c for c in cells if c[2] == "forward_backward"} == {(1, 8, "forward_backward")}
+    assert {r["variant"] for r in rows} == set(bench.GRID_VARIANTS)
+    for c in bench.grid_ratios(rows):
+        t = {r["variant"]: r["median_s"] for r in rows if (r["batch"], r["length"], r["mode"]) == (c["batch"], c["length"], c["mode"])}
+        assert c["ratio"] == t["shared"] / t["torch_mha"]
+
+
+def test_sdpa_variant_is_softmax_attention():
+    forward, (q, k, v) = bench.make_variant("sdpa", 32, 2, 2, 7, "cpu", seed=1)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 16**0.5, dim=-1)
+    assert torch.allclose(forward(), weights @ v, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d", "conv_transpose2d"])
+def test_layer_pairs_have_the_same_real_shape_and_a_quarter_of_the_weights(kind):
+    pair = bench.make_layer_pair(kind, 2, 8, 5)
+    out_q, out_r = pair["quaternion"](pair["input"]), pair["real"](pair["input"])
+    assert out_q.shape == out_r.shape
+    weights_q = sum(p.numel() for n, p in pair["quaternion"].named_parameters() if n != "bias")
+    assert weights_q * 4 == pair["real"].weight.numel()
+    with pytest.raises(ValueError, match="unknown layer kind"):
+        bench.make_layer_pair("conv3d", 2, 8, 5)
+
+
+def test_every_mechanism_variant_runs_with_the_output_of_its_kind():
+    """All comparison variants build and run to finite outputs: attention layers (B, N, E), torch's
+    fused call (B, H, N, E/H), the multi-linear pooling (B, K) (its exactness is tested in its own module)."""
+    shapes = {}
+    for name in bench.MECHANISM_VARIANTS:
+        out = bench.make_variant(name, 32, 2, 1, 24, "cpu", seed=2)[0]()
+        assert torch.isfinite(out).all(), name
+        shapes[name] = tuple(out.shape)
+    assert shapes["sdpa"] == (1, 2, 24, 16) and shapes["multilinear"] == shapes["multilinear_arf"] == (1, 32)
+    assert all(shapes[n] == (1, 24, 32) for n in bench.MECHANISM_VARIANTS if n not in ("sdpa", "multilinear", "multilinear_arf"))
+
+
+def test_fitted_exponent_recovers_a_power_law_and_needs_two_points():
+    lengths = [512, 1024, 2048, 4096]
+    assert bench.fitted_exponent(lengths, [n**1.5 for n in lengths]) == pytest.approx(1.5)
+    assert bench.fitted_exponent([4096], [1.0]) is None
+
+
+def test_mechanism_sweep_drops_a_variant_predicted_past_its_time_limit():
+    cfg = bench.BenchConfig.for_profile(
+        "ci", mechanism_variants=["shared", "hamilton_maps"], mechanism_embed_dim=16, mechanism_lengths=[64, 4096],
+        mechanism_time_limit_s=1e-4, mechanism_memory_lengths=[], mechanism_longest_time_limit_s=1e-3,
+        mechanism_longest_start=64, warmup=0, repeats=1, min_time_s=0.0,
+    )  # fmt: skip
+    result = bench.mechanism_sweep(cfg, log=lambda _: None)
+    assert {r["length"] for r in result["timings"]} == {64}, "at 4096 both are predicted past 0.1 ms"
+    assert set(result["longest"]) == {"shared", "hamilton_maps"}

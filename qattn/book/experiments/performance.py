@@ -31,6 +31,15 @@ subprocess (:mod:`qattn.book.harness.memory`): the peak resident set (``VmHWM``,
 on CUDA. The longest sequence search runs each probe in a subprocess whose address space is
 capped (``RLIMIT_AS``), so it can never take more than the stated cap.
 
+Three more comparisons: :func:`grid` times ``torch_mha``, ``sdpa`` (torch's fused attention
+alone on ready ``(B, H, N, E/H)`` tensors) and ``shared`` in every cell of embed_dim × batch ×
+length, forward and forward+backward; :func:`layer_comparison` times each quaternion layer
+against the real layer of the same real shape (training and inference);
+:func:`mechanism_sweep` times every mechanism (``MECHANISM_VARIANTS``: the fused real attention,
+shared, Hamilton fused and materialised, the registry's approximations, and multi-linear
+attention over two modalities, exact and by random features) against N, with peak memory, the
+longest N under one memory cap, fitted cost exponents and crossovers with the shared layer.
+
 Multiplication counts per head (see ``proofs/counts.py``): shared core ``8·N²·d_h``,
 Hamilton core ``20·N²·d_h`` (``d_h`` in quaternion units); FLOP = 2 × multiplications.
 """
@@ -47,13 +56,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qattn.attention import QuaternionMultiheadAttention, get_mechanism, mechanism_names
+from qattn.attention import QuaternionMultiheadAttention, get_fusion, get_mechanism, mechanism_names
 from qattn.attention.hamilton import hamilton_scores_reference
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.memory import peak_memory
-from qattn.book.harness.timing import summary, time_interleaved
+from qattn.book.harness.timing import crossover, summary, time_interleaved
 from qattn.book.headline import headline as report_headline
 
 __all__ = [
@@ -67,6 +77,15 @@ __all__ = [
     "longest_sequence",
     "matmul_throughput",
     "core_multiplications",
+    "MECHANISM_VARIANTS",
+    "GRID_VARIANTS",
+    "grid",
+    "grid_ratios",
+    "profile_cell",
+    "make_layer_pair",
+    "layer_comparison",
+    "fitted_exponent",
+    "mechanism_sweep",
     "run",
     "main",
 ]
@@ -104,6 +123,31 @@ _CORE_MULTS_PER_HEAD = {"shared": 8, "hamilton": 20}  # × N²·d_h, from the co
 
 _ALL_VARIANTS = MODULE_VARIANTS + CORE_VARIANTS
 
+#: Registered mechanisms that approximate attention (``exact=False``): module variants of the
+#: all-mechanism comparison only.
+_APPROXIMATE = mechanism_names(exact=False)
+#: Multi-linear attention over two modalities of N tokens each (fusion cores, :mod:`qattn.attention.multilinear`).
+_FUSION_VARIANTS = ("multilinear", "multilinear_arf")
+#: The all-mechanism comparison: torch's fused attention, the exact quaternion layers, the
+#: approximations in the registry, and multi-linear attention (exact and by random features).
+MECHANISM_VARIANTS = ("sdpa", "shared", "hamilton", "hamilton_maps", *_APPROXIMATE, *_FUSION_VARIANTS)
+#: Compared cell by cell in the grid: torch's module, torch's fused call alone, the shared layer.
+GRID_VARIANTS = ("torch_mha", "sdpa", "shared")
+_KNOWN = tuple(dict.fromkeys(_ALL_VARIANTS + MECHANISM_VARIANTS))
+_MULTILINEAR_RANK = 16  # rank r of the attention factors of the multi-linear variants (K = embed_dim)
+
+
+def _fusion_variant(name: str, width: int, batch: int, length: int, device: str, gen: torch.Generator):
+    """Multi-linear attention pooling two modalities of ``length`` tokens: fusion factors
+    ``(B, N, K=width)``, attention factors ``(B, N, r=16)``; exact (``N²`` tuples) or by ARF."""
+    mech = get_fusion(name)
+    fusion = [torch.randn(batch, length, width, generator=gen).relu().to(device).requires_grad_() for _ in range(2)]
+    scores = [torch.randn(batch, length, _MULTILINEAR_RANK, generator=gen).to(device).requires_grad_() for _ in range(2)]
+    options = dict(mech.options)
+    if mech.draw_buffers is not None:
+        options.update({k: v.to(device) for k, v in mech.draw_buffers(_MULTILINEAR_RANK, options, gen).items()})
+    return (lambda: mech.core(fusion, scores, None, need_weights=False, **options)[0]), [*fusion, *scores]
+
 
 @dataclass(frozen=True)
 class BenchConfig(ExperimentConfig):
@@ -126,6 +170,22 @@ class BenchConfig(ExperimentConfig):
             memory_cap_gb=0.125,
             longest_time_limit_s=1.0,
             longest_start=512,
+            grid_embed_dims=(64,),
+            grid_batches=(1, 8),
+            grid_lengths=(32, 128),
+            grid_repeats=2,
+            grid_min_time_s=0.01,
+            layer_cases=(("linear", 64, 32, 0), ("conv1d", 2, 16, 64)),
+            profile_cells=((64, 1, 32, True),),
+            layer_min_time_s=0.01,
+            mechanism_variants=("sdpa", "shared", "hamilton_maps", "clustered", "cogview_sparse", "multilinear_arf"),
+            mechanism_embed_dim=32,
+            mechanism_lengths=(128, 256),
+            mechanism_time_limit_s=0.5,
+            mechanism_memory_lengths=(256,),
+            mechanism_memory_cap_gb=0.125,
+            mechanism_longest_time_limit_s=0.5,
+            mechanism_longest_start=512,
         ),
     }
 
@@ -152,6 +212,34 @@ class BenchConfig(ExperimentConfig):
     memory_cap_gb: float = 4.0
     longest_time_limit_s: float = 20.0
     longest_start: int = 1024
+    # the grid: shared vs torch's module and fused call, cell by cell (B·N² bounds the work of a cell)
+    grid_embed_dims: tuple[int, ...] = (64, 256)
+    grid_batches: tuple[int, ...] = (1, 8, 32)
+    grid_lengths: tuple[int, ...] = (32, 128, 512, 2048, 8192)
+    grid_max_work: int = 2**26  # forward cells with B·N² up to this (N = 8,192 at batch 1)
+    grid_max_work_backward: int = 2**25  # forward+backward cells
+    grid_repeats: int = 3
+    grid_min_time_s: float = 0.2
+    # quaternion layers vs their real twins: (kind, batch, channels, spatial size) per case
+    layer_cases: tuple[tuple[str, int, int, int], ...] = (
+        ("linear", 1024, 64, 0),
+        ("linear", 1024, 256, 0),
+        ("conv1d", 8, 64, 1024),
+        ("conv2d", 8, 64, 32),
+        ("conv_transpose2d", 8, 64, 32),
+    )
+    layer_min_time_s: float = 0.3
+    # grid cells profiled operator by operator: (embed_dim, batch, length, backward)
+    profile_cells: tuple[tuple[int, int, int, bool], ...] = ((256, 1, 32, True), (64, 1, 32, False))
+    # every mechanism against N (batch 1, forward, inference)
+    mechanism_variants: tuple[str, ...] = choice(_KNOWN, MECHANISM_VARIANTS)
+    mechanism_embed_dim: int = 64
+    mechanism_lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
+    mechanism_time_limit_s: float = 1.5  # a variant is not timed at a length predicted to take longer
+    mechanism_memory_lengths: tuple[int, ...] = (1024, 4096)
+    mechanism_memory_cap_gb: float = 1.0
+    mechanism_longest_time_limit_s: float = 4.0
+    mechanism_longest_start: int = 2048
     threads: int = 2
     device: str = "cpu"
     seed: int = 0
@@ -194,8 +282,15 @@ def make_variant(
             return (lambda: _reference_core(q, k, v)), [q, k, v]
         core, need_weights = get_mechanism(mechanism).core, form == "maps"
         return (lambda: core(q, k, v, need_weights=need_weights)[0]), [q, k, v]
-    if name not in MODULE_VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; expected one of {MODULE_VARIANTS + CORE_VARIANTS}")
+    if name == "sdpa":  # torch's fused attention alone, on ready (B, H, N, E/H) tensors
+        q, k, v = (
+            torch.randn(batch, num_heads, length, embed_dim // num_heads, generator=gen).to(device).requires_grad_() for _ in range(3)
+        )
+        return (lambda: F.scaled_dot_product_attention(q, k, v)), [q, k, v]
+    if name in _FUSION_VARIANTS:
+        return _fusion_variant(name, embed_dim, batch, length, device, gen)
+    if name not in MODULE_VARIANTS and name not in _APPROXIMATE:
+        raise ValueError(f"unknown variant {name!r}; expected one of {_KNOWN}")
 
     torch.manual_seed(seed)  # module init draws from the default generator, as nn layers do
     x = torch.randn(batch, length, embed_dim, generator=gen).to(device).requires_grad_()
@@ -204,10 +299,12 @@ def make_variant(
         module = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True, device=device)
         layer = module
         return (lambda: layer(x, x, x, need_weights=False)[0]), [x, *module.parameters()]
-    mechanism, form = _MODULE_FORMS[name]
+    mechanism, form = _MODULE_FORMS.get(name, (name, "plain"))
     head_split = "release" if form == "release" else "components"
     module = QuaternionMultiheadAttention(embed_dim, num_heads, score=mechanism, head_split=head_split, batch_first=True, device=device)
     qmha = module
+    if get_mechanism(mechanism).causal_only:  # CogView's sparse attention is causal by construction
+        return (lambda: qmha(x, x, x, need_weights=False, is_causal=True)[0]), [x, *module.parameters()]
     if form == "maps":
         return (lambda: qmha(x, x, x, need_weights=True, average_attn_weights=False)[0]), [x, *module.parameters()]
     if form == "reference":
@@ -392,6 +489,202 @@ def core_multiplications(score: str, batch: int, num_heads: int, length: int, he
     return _CORE_MULTS_PER_HEAD[score] * length**2 * head_units * num_heads * batch
 
 
+# -- the grid: shared against torch, cell by cell -------------------------------------------------
+
+
+def grid(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Forward and forward+backward times of :data:`GRID_VARIANTS` in every cell (embed_dim × batch ×
+    length, within ``grid_max_work`` / ``grid_max_work_backward`` of B·N²), interleaved per cell."""
+    rows: list[dict[str, Any]] = []
+    for e in cfg.grid_embed_dims:
+        for b in cfg.grid_batches:
+            for n in cfg.grid_lengths:
+                for backward in (False, True):
+                    if b * n * n > (cfg.grid_max_work_backward if backward else cfg.grid_max_work):
+                        continue
+                    result = time_variants(
+                        list(GRID_VARIANTS), e, cfg.num_heads, b, n, backward, cfg.warmup, cfg.grid_repeats,
+                        cfg.device, cfg.seed, cfg.grid_min_time_s, cfg.max_repeats,
+                    )  # fmt: skip
+                    mode = "forward_backward" if backward else "forward"
+                    rows += [{"embed_dim": e, "batch": b, "length": n, "mode": mode, "variant": v, **st} for v, st in result.items()]
+                    ratio = result["shared"]["median_s"] / result["torch_mha"]["median_s"]
+                    log(f"[bench] grid E={e:3d} B={b:2d} N={n:5d} {mode:16s} shared/torch {ratio:5.2f}")
+    return rows
+
+
+def grid_ratios(rows: list[dict[str, Any]], numerator: str = "shared", denominator: str = "torch_mha") -> list[dict[str, Any]]:
+    """Per cell of :func:`grid`: the ratio of two variants' median times (same cell, same run)."""
+    cells: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        cells.setdefault((r["embed_dim"], r["batch"], r["length"], r["mode"]), {})[r["variant"]] = r["median_s"]
+    return [
+        {"embed_dim": e, "batch": b, "length": n, "mode": mode, "ratio": t[numerator] / t[denominator]}
+        for (e, b, n, mode), t in cells.items()
+        if numerator in t and denominator in t
+    ]
+
+
+def profile_cell(
+    embed_dim: int, num_heads: int, batch: int, length: int, backward: bool, calls: int = 30, top: int = 12, seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Where the time goes in one grid cell: torch's profiler over ``calls`` calls of ``torch_mha``
+    and ``shared`` (after a warm-up), the ``top`` operators by self CPU time per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for variant in ("torch_mha", "shared"):
+        forward, leaves = make_variant(variant, embed_dim, num_heads, batch, length, "cpu", seed)
+        call = _timed_call(forward, leaves, backward)
+        for _ in range(5):
+            call()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                call()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        out[variant] = [
+            {"operator": e.key, "self_us_per_call": e.self_cpu_time_total / calls, "calls_per_call": e.count / calls} for e in events[:top]
+        ] + [{"operator": "(all operators)", "self_us_per_call": total / calls, "calls_per_call": sum(e.count for e in events) / calls}]
+    return out
+
+
+# -- quaternion layers against their real twins ------------------------------------------------------
+
+
+def make_layer_pair(kind: str, batch: int, channels: int, size: int, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """A quaternion layer, the real layer of the same real shape, one input, and their parameter counts.
+
+    ``kind``: ``linear`` (``batch`` tokens of ``channels`` features), ``conv1d`` (length ``size``),
+    ``conv2d`` / ``conv_transpose2d`` (``size × size``); kernels 3, padding 1, channels in = out.
+    """
+    from qattn.layers import QuaternionConv1d, QuaternionConv2d, QuaternionConvTranspose2d, QuaternionLinear
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    c = channels
+    if kind == "linear":
+        pair, shape = (QuaternionLinear(c, c), nn.Linear(c, c)), (batch, c)
+    elif kind == "conv1d":
+        pair, shape = (QuaternionConv1d(c, c, 3, padding=1), nn.Conv1d(c, c, 3, padding=1)), (batch, c, size)
+    elif kind == "conv2d":
+        pair, shape = (QuaternionConv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)), (batch, c, size, size)
+    elif kind == "conv_transpose2d":
+        pair, shape = (QuaternionConvTranspose2d(c, c, 3, padding=1), nn.ConvTranspose2d(c, c, 3, padding=1)), (batch, c, size, size)
+    else:
+        raise ValueError(f"unknown layer kind {kind!r}; expected linear, conv1d, conv2d or conv_transpose2d")
+    quaternion, real = (m.to(device) for m in pair)
+    x = torch.randn(*shape, generator=gen).to(device).requires_grad_()
+    return {
+        "quaternion": quaternion,
+        "real": real,
+        "input": x,
+        "parameters": {"quaternion": sum(p.numel() for p in quaternion.parameters()), "real": sum(p.numel() for p in real.parameters())},
+    }
+
+
+def layer_comparison(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Training (forward+backward) and inference (forward under ``inference_mode``) time of each
+    quaternion layer against its real twin, interleaved, for every case of ``layer_cases``."""
+    rows = []
+    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else None
+    for kind, batch, channels, size in cfg.layer_cases:
+        built = make_layer_pair(kind, batch, channels, size, cfg.device, cfg.seed)
+        x = built["input"]
+        for mode in ("training", "inference"):
+            fns = {}
+            for which in ("quaternion", "real"):
+                layer = built[which]
+                leaves = [x, *layer.parameters()]
+                fns[which] = _timed_call(lambda layer=layer, x=x: layer(x), leaves, backward=mode == "training")
+            stats = summary(
+                time_interleaved(
+                    fns, repeats=cfg.repeats, warmup=cfg.warmup + 1, min_time_s=cfg.layer_min_time_s, max_repeats=cfg.max_repeats, sync=sync
+                )
+            )
+            ratio = stats["quaternion"]["median_s"] / stats["real"]["median_s"]
+            rows.append(
+                {
+                    "kind": kind, "batch": batch, "channels": channels, "size": size, "mode": mode,
+                    "quaternion_s": stats["quaternion"]["median_s"], "real_s": stats["real"]["median_s"], "ratio": ratio,
+                    "quaternion_parameters": built["parameters"]["quaternion"], "real_parameters": built["parameters"]["real"],
+                }
+            )  # fmt: skip
+            log(f"[bench] layer {kind:16s} C={channels:3d} {mode:9s} quaternion/real {ratio:5.2f}")
+    return rows
+
+
+# -- every mechanism against N ----------------------------------------------------------------------
+
+
+def fitted_exponent(lengths: list[int], times: list[float], n_min: int = 1024) -> float | None:
+    """Least-squares slope of log time on log N over the lengths ≥ ``n_min`` (None with fewer than 2).
+
+    >>> round(fitted_exponent([1024, 2048, 4096], [1.0, 4.0, 16.0]), 6)
+    2.0
+    """
+    pts = [(n, t) for n, t in zip(lengths, times) if n >= n_min and t > 0]
+    if len(pts) < 2:
+        return None
+    logs_n = [math.log(n) for n, _ in pts]
+    logs_t = [math.log(t) for _, t in pts]
+    mean_n, mean_t = sum(logs_n) / len(pts), sum(logs_t) / len(pts)
+    var = sum((a - mean_n) ** 2 for a in logs_n)
+    return sum((a - mean_n) * (b - mean_t) for a, b in zip(logs_n, logs_t)) / var
+
+
+def mechanism_sweep(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every variant of ``mechanism_variants`` against N (batch 1, forward, inference), interleaved
+    per length; a variant leaves the sweep once its next length is predicted (quadratically from
+    its last time) to exceed ``mechanism_time_limit_s``. Then peak memory at
+    ``mechanism_memory_lengths`` and the longest N under one cap, each in fresh subprocesses;
+    the fitted cost exponents and the crossovers with the shared layer."""
+    e, h = cfg.mechanism_embed_dim, cfg.num_heads
+    timings: list[dict[str, Any]] = []
+    active = list(cfg.mechanism_variants)
+    last: dict[str, tuple[int, float]] = {}
+    for n in cfg.mechanism_lengths:
+        active = [v for v in active if v not in last or last[v][1] * (n / last[v][0]) ** 2 <= cfg.mechanism_time_limit_s]
+        if not active:
+            break
+        result = time_variants(active, e, h, 1, n, False, cfg.warmup, cfg.repeats, cfg.device, cfg.seed, cfg.min_time_s, cfg.max_repeats)
+        for v, st in result.items():
+            timings.append({"variant": v, "length": n, **st})
+            last[v] = (n, st["median_s"])
+        log(f"[bench] mechanisms N={n:6d}: {len(active)} variants")
+    memory = []
+    for n in cfg.mechanism_memory_lengths:
+        for v in cfg.mechanism_variants:
+            if not any(r["variant"] == v and r["length"] >= n for r in timings):
+                continue  # too slow to run at this length
+            memory.append({"variant": v, "length": n, **measure_memory(v, e, h, 1, n, cfg.device, cfg.threads)})
+        log(f"[bench] mechanisms memory N={n}")
+    cap = int(cfg.mechanism_memory_cap_gb * 2**30)
+    longest = {}
+    for v in cfg.mechanism_variants:
+        longest[v] = longest_sequence(
+            v, e, h, cap, cfg.mechanism_longest_time_limit_s, cfg.mechanism_longest_start, cfg.device, cfg.threads
+        )
+        log(f"[bench] mechanisms longest {v}: N = {longest[v]['longest']} (limited by {longest[v]['limited_by']})")
+    exponents, crossovers = {}, {}
+    shared = {r["length"]: r["median_s"] for r in timings if r["variant"] == "shared"}
+    for v in cfg.mechanism_variants:
+        pts = sorted((r["length"], r["median_s"]) for r in timings if r["variant"] == v)
+        exponents[v] = fitted_exponent([n for n, _ in pts], [t for _, t in pts])
+        common = [(n, t) for n, t in pts if n in shared]
+        if v != "shared" and common:
+            crossovers[v] = crossover([n for n, _ in common], [t < shared[n] for n, t in common])
+    return {
+        "embed_dim": e,
+        "timings": timings,
+        "memory": memory,
+        "longest": longest,
+        "memory_cap_bytes": cap,
+        "exponents": exponents,
+        "crossover_vs_shared": crossovers,
+    }
+
+
 # -- the whole run -----------------------------------------------------------------------------------
 
 
@@ -448,6 +741,20 @@ def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print
         )
         log(f"[bench] longest {v}: N = {longest[v]['longest']} (limited by {longest[v]['limited_by']})")
 
+    grid_rows = grid(cfg, log)
+    profiles = [
+        {
+            "embed_dim": e,
+            "batch": b,
+            "length": n,
+            "mode": "forward_backward" if bw else "forward",
+            "operators": profile_cell(e, cfg.num_heads, b, n, bw, seed=cfg.seed),
+        }
+        for e, b, n, bw in (cfg.profile_cells if cfg.device == "cpu" else ())
+    ]
+    layers = layer_comparison(cfg, log)
+    mechanisms = mechanism_sweep(cfg, log)
+
     machine = matmul_throughput(device=cfg.device)
     d_h = cfg.embed_dim // (4 * cfg.num_heads)
     achieved = []
@@ -476,7 +783,11 @@ def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print
         "memory_cap_bytes": cap,
         "machine": machine,
         "achieved": achieved,
-        "headline": headline(timings, memory, longest),
+        "grid": grid_rows,
+        "profiles": profiles,
+        "layers": layers,
+        "mechanisms": mechanisms,
+        "headline": headline(timings, memory, longest) + grid_headline(grid_rows, layers),
     }
 
 
@@ -541,6 +852,31 @@ def headline(timings: list[dict[str, Any]], memory: list[dict[str, Any]], longes
                     f"{ham} by {longest[ham]['limited_by']}"
                 )
                 rows.append(_ratio(f"longest N: core_shared / {ham}", value, (">=", 8.0), note))
+    return rows
+
+
+def grid_headline(grid_rows: list[dict[str, Any]], layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's parity targets: the worst shared/torch ratio over the grid (forward, forward+backward)
+    and the worst quaternion/real layer ratio (training, inference), each with the cell it was found in."""
+
+    def _ratio(name: str, value: float, target: tuple[str, float], note: str) -> dict[str, Any]:
+        return report_headline(name, value, 0.5, "ratio", note=note, target=target)
+
+    rows = []
+    for mode in ("forward", "forward_backward"):
+        cells = [c for c in grid_ratios(grid_rows) if c["mode"] == mode]
+        if cells:
+            worst = max(cells, key=lambda c: c["ratio"])
+            met = sum(c["ratio"] <= 1.10 for c in cells)
+            where = f"E={worst['embed_dim']}, B={worst['batch']}, N={worst['length']}"
+            note = f"at {where}; {met} of {len(cells)} cells within 1.10; target: at most 1.10 in every cell"
+            rows.append(_ratio(f"shared / torch MHA {mode.replace('_', '+')} time, worst grid cell", worst["ratio"], ("<=", 1.10), note))
+    for mode, limit in (("training", 1.15), ("inference", 1.05)):
+        cases = [r for r in layers if r["mode"] == mode]
+        if cases:
+            worst = max(cases, key=lambda r: r["ratio"])
+            note = f"at {worst['kind']}, {worst['channels']} channels; target: at most {limit:g}"
+            rows.append(_ratio(f"quaternion / real layer {mode} time, worst case", worst["ratio"], ("<=", limit), note))
     return rows
 
 

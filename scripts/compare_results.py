@@ -7,7 +7,9 @@ A refactor must not change what a seeded run computes: this walks the ``metrics`
 results JSON present in both folders and reports each leaf value that differs (floats compared
 exactly, not within a tolerance). Leaves whose key path names a measurement of the machine
 (time, speed, memory, real-time factor, throughput, the speed headlines) are skipped, and so are
-the headline entries of kind ``ratio`` (timing ratios). Exit status 0 when nothing else differs.
+the headline entries of kind ``ratio`` (timing ratios) or whose name says they come from the clock
+(time, speed, memory, real-time factor, throughput: e.g. a time exponent, a share of the forward
+time). Exit status 0 when nothing else differs.
 
 >>> a = {"metrics": {"acc": 0.5, "wall_s": 1.0, "curve": [1, 2]}}
 >>> b = {"metrics": {"acc": 0.5, "wall_s": 9.0, "curve": [1, 3]}}
@@ -28,9 +30,13 @@ from typing import Any
 MACHINE = re.compile(
     r"(time|_s$|_s\b|seconds_per|per_second|rtf|throughput|flops|memory|peak|bytes|wall|median|"
     r"repeats|rounds|longest|limited_by|inference|timing|speed|ratio|reduction|attention_share|threads|"
-    r"probe_error|\bok\b|achieved|fraction)",
+    r"probe_error|\bok\b|achieved|fraction|\bseconds\b|(?:^|\.)share(?:\.|$))",
     re.I,
 )
+
+
+#: Headline names of numbers measured from the machine's clock (the rule of the repeatability test).
+TIMING_NAME = re.compile(r"\btime\b|speed|memory|\brtf\b|throughput", re.I)
 
 
 def _skip(path: str) -> bool:
@@ -42,8 +48,8 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
     if _skip(path):
         return []
     if isinstance(a, dict) and isinstance(b, dict):
-        if "kind" in a and a.get("kind") == "ratio" and "name" in a:
-            return []  # a timing headline
+        if "kind" in a and "name" in a and (a.get("kind") == "ratio" or TIMING_NAME.search(str(a["name"]))):
+            return []  # a timing headline: a ratio of times, or a number fitted to or shared out of times
         out = []
         for key in sorted(set(a) | set(b), key=str):
             sub = f"{path}.{key}" if path else str(key)

@@ -17,7 +17,12 @@ machine (times, speeds, memory) are left out of the comparison, as in
     {"chapter": ..., "reference_version": <full reference's>, "code_version": <current>,
      "evidence": "...", "commit": <HEAD>, "git_dirty": false, "date": ...}
 
-and the full build reuses the reference, saying so at the top of the chapter (with the reminder
+``--baseline DIR`` compares with a ci run of the reference's code made beside the new one
+instead (e.g. in a ``git worktree`` of the reference's commit, on the same machine), for a
+chapter whose committed ci reference differs from a fresh run of its own code in the low bits
+(another machine state); the evidence sentence then names that run's commit.
+
+The full build then reuses the reference, saying so at the top of the chapter (with the reminder
 that its timings were measured with the reference's code). Anything else (numbers that differ, a
 missing or reused ci run, a dirty work tree) is refused with the reason; nothing is written then.
 """
@@ -42,10 +47,15 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def evidence_for(name: str, ci_run: Path, full_dir: Path, ci_dir: Path, version: str) -> tuple[str, str]:
-    """``(reference_version, evidence sentence)`` for chapter ``name``; raises ``ValueError`` with the reason otherwise."""
+def evidence_for(name: str, ci_run: Path, full_dir: Path, ci_dir: Path, version: str, committed: bool = True) -> tuple[str, str]:
+    """``(reference_version, evidence sentence)`` for chapter ``name``; raises ``ValueError`` with the reason otherwise.
+
+    ``ci_dir`` holds the baseline: the committed ci reference (``committed``), or a ci run of the
+    reference's code made beside the new one (same machine, same environment).
+    """
     full_path, ci_ref_path, run_path = full_dir / f"{name}.json", ci_dir / f"{name}.json", ci_run / f"{name}.json"
-    for path, what in ((full_path, "full reference"), (ci_ref_path, "ci reference"), (run_path, "ci run of the current code")):
+    baseline = "ci reference" if committed else "baseline ci run"
+    for path, what in ((full_path, "full reference"), (ci_ref_path, baseline), (run_path, "ci run of the current code")):
         if not path.is_file():
             raise ValueError(f"{name}: no {what} at {path}")
     full, ci_ref, run = read_json(full_path), read_json(ci_ref_path), read_json(run_path)
@@ -71,9 +81,14 @@ def evidence_for(name: str, ci_run: Path, full_dir: Path, ci_dir: Path, version:
     if diff:
         shown = "; ".join(diff[:5])
         raise ValueError(f"{name}: {len(diff)} seeded numbers differ from the ci reference (e.g. {shown}): not equivalent")
+    if committed:
+        against = f"the committed ci reference (code version `{ci_version}`)"
+    else:
+        commit = str(ci_ref["provenance"].get("git_commit") or "unknown")[:10]
+        against = f"a ci run of the reference's code (code version `{ci_version}`, commit `{commit}`) made beside it on the same machine"
     sentence = (
-        f"the ci profile recomputed with code version `{version}` gave bitwise the seeded numbers of the committed ci "
-        f"reference (code version `{ci_version}`; times, speeds and memory left out of the comparison)."
+        f"the ci profile recomputed with code version `{version}` gave bitwise the seeded numbers of {against} "
+        f"(times, speeds and memory left out of the comparison)."
     )
     return reference_version, sentence
 
@@ -82,11 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", required=True, help="comma-separated chapter slugs (notebook stems)")
     parser.add_argument("--ci-run", type=Path, default=ROOT / "build" / "results" / "ci", help="the ci build of the current code")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a ci run of the reference's code made beside the new one (default: the committed ci reference, results/ci)",
+    )
     args = parser.parse_args(argv)
     if _git("status", "--porcelain", "--untracked-files=no"):
         print("declare_equivalent: the work tree has uncommitted changes; commit first (the declaration names a commit)", file=sys.stderr)
         return 2
-    full_dir, ci_dir = reference_dir("full"), reference_dir("ci")
+    full_dir = reference_dir("full")
+    ci_dir = args.baseline if args.baseline is not None else reference_dir("ci")
     ledger_path = full_dir / EQUIVALENCE_LEDGER
     ledger = read_json(ledger_path) if ledger_path.is_file() else {"entries": []}
     commit, date = _git("rev-parse", "HEAD"), dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -94,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         version = code_version([notebook_path(name)])
         try:
-            reference_version, sentence = evidence_for(name, args.ci_run, full_dir, ci_dir, version)
+            reference_version, sentence = evidence_for(name, args.ci_run, full_dir, ci_dir, version, committed=args.baseline is None)
         except ValueError as error:
             failed.append(str(error))
             continue

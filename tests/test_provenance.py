@@ -313,7 +313,8 @@ def test_declare_equivalent_needs_bitwise_identical_ci_numbers(tmp_path):
     write(ci, "X", "c")
     write(run, "Y", "r", wall_s=9.0)
     reference_version, sentence = module.evidence_for("ch", run, full, ci, "Y")
-    assert reference_version == "X" and "bitwise" in sentence
+    assert reference_version == "X" and "bitwise" in sentence and "committed ci reference" in sentence
+    assert "made beside it on the same machine" in module.evidence_for("ch", run, full, ci, "Y", committed=False)[1]
     write(run, "Y", "r", acc=0.5000001)
     with pytest.raises(ValueError, match="1 seeded numbers differ"):
         module.evidence_for("ch", run, full, ci, "Y")

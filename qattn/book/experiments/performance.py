@@ -178,13 +178,13 @@ class BenchConfig(ExperimentConfig):
             layer_cases=(("linear", 64, 32, 0), ("conv1d", 2, 16, 64)),
             profile_cells=((64, 1, 32, True),),
             layer_min_time_s=0.01,
-            mechanism_variants=("sdpa", "shared", "hamilton_maps", "clustered", "cogview_sparse", "multilinear_arf"),
+            mechanism_variants=("sdpa", "shared", "hamilton_maps", "clustered"),
             mechanism_embed_dim=32,
             mechanism_lengths=(128, 256),
             mechanism_time_limit_s=0.5,
             mechanism_memory_lengths=(256,),
             mechanism_memory_cap_gb=0.125,
-            mechanism_longest_time_limit_s=0.5,
+            mechanism_longest_time_limit_s=0.2,
             mechanism_longest_start=512,
         ),
     }
@@ -238,8 +238,8 @@ class BenchConfig(ExperimentConfig):
     mechanism_time_limit_s: float = 1.5  # a variant is not timed at a length predicted to take longer
     mechanism_memory_lengths: tuple[int, ...] = (1024, 4096)
     mechanism_memory_cap_gb: float = 1.0
-    mechanism_longest_time_limit_s: float = 4.0
-    mechanism_longest_start: int = 2048
+    mechanism_longest_time_limit_s: float = 3.0
+    mechanism_longest_start: int = 4096
     threads: int = 2
     device: str = "cpu"
     seed: int = 0

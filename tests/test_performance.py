@@ -168,3 +168,20 @@ def test_mechanism_sweep_drops_a_variant_predicted_past_its_time_limit():
     result = bench.mechanism_sweep(cfg, log=lambda _: None)
     assert {r["length"] for r in result["timings"]} == {64}, "at 4096 both are predicted past 0.1 ms"
     assert set(result["longest"]) == {"shared", "hamilton_maps"}
+
+
+def test_the_left_matrix_ablation_is_the_shared_layer_bitwise():
+    """The ablation differs from the shared layer only in how it assembles the same weights."""
+    (f_new, leaves_new), (f_old, leaves_old) = (bench.make_variant(v, 32, 2, 2, 9, "cpu", seed=5) for v in ("shared", "shared_left_matrix"))
+    out_new, out_old = f_new(), f_old()
+    assert torch.equal(out_new, out_old)
+    grads_new = torch.autograd.grad(out_new.square().sum(), leaves_new)
+    grads_old = torch.autograd.grad(out_old.square().sum(), leaves_old)
+    assert all(torch.equal(a, b) for a, b in zip(grads_new, grads_old))
+
+
+def test_longest_sequence_halves_when_the_start_does_not_fit():
+    """Starting far above what fits, the search comes down instead of reporting 0."""
+    result = bench.longest_sequence("core_hamilton_maps", 16, 1, cap_bytes=64 * 2**20, time_limit_s=5.0, start=8192)
+    assert 0 < result["longest"] < 8192 and result["limited_by"] == "memory"
+    assert result["probes"][0]["length"] == 8192 and not result["probes"][0]["ok"]

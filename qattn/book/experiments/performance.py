@@ -65,6 +65,7 @@ from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.memory import peak_memory
 from qattn.book.harness.timing import crossover, summary, time_interleaved
 from qattn.book.headline import headline as report_headline
+from qattn.quaternion import left_matrix
 
 __all__ = [
     "BenchConfig",
@@ -82,6 +83,8 @@ __all__ = [
     "grid",
     "grid_ratios",
     "profile_cell",
+    "LeftMatrixAssembly",
+    "assembly_ablation",
     "make_layer_pair",
     "layer_comparison",
     "fitted_exponent",
@@ -133,7 +136,7 @@ _FUSION_VARIANTS = ("multilinear", "multilinear_arf")
 MECHANISM_VARIANTS = ("sdpa", "shared", "hamilton", "hamilton_maps", *_APPROXIMATE, *_FUSION_VARIANTS)
 #: Compared cell by cell in the grid: torch's module, torch's fused call alone, the shared layer.
 GRID_VARIANTS = ("torch_mha", "sdpa", "shared")
-_KNOWN = tuple(dict.fromkeys(_ALL_VARIANTS + MECHANISM_VARIANTS))
+_KNOWN = tuple(dict.fromkeys(_ALL_VARIANTS + MECHANISM_VARIANTS + ("shared_left_matrix",)))
 _MULTILINEAR_RANK = 16  # rank r of the attention factors of the multi-linear variants (K = embed_dim)
 
 
@@ -177,6 +180,7 @@ class BenchConfig(ExperimentConfig):
             grid_min_time_s=0.01,
             layer_cases=(("linear", 64, 32, 0), ("conv1d", 2, 16, 64)),
             profile_cells=((64, 1, 32, True),),
+            ablation_cells=((64, 1, 32),),
             layer_min_time_s=0.01,
             mechanism_variants=("sdpa", "shared", "hamilton_maps", "clustered"),
             mechanism_embed_dim=32,
@@ -229,6 +233,8 @@ class BenchConfig(ExperimentConfig):
         ("conv_transpose2d", 8, 64, 32),
     )
     layer_min_time_s: float = 0.3
+    # training cells where the one-node assembly is set beside the left_matrix one: (embed_dim, batch, length)
+    ablation_cells: tuple[tuple[int, int, int], ...] = ((64, 1, 32), (64, 1, 128), (256, 1, 32), (256, 1, 128), (256, 8, 32), (256, 8, 512))
     # grid cells profiled operator by operator: (embed_dim, batch, length, backward)
     profile_cells: tuple[tuple[int, int, int, bool], ...] = ((256, 1, 32, True), (64, 1, 32, False))
     # every mechanism against N (batch 1, forward, inference)
@@ -289,7 +295,7 @@ def make_variant(
         return (lambda: F.scaled_dot_product_attention(q, k, v)), [q, k, v]
     if name in _FUSION_VARIANTS:
         return _fusion_variant(name, embed_dim, batch, length, device, gen)
-    if name not in MODULE_VARIANTS and name not in _APPROXIMATE:
+    if name not in MODULE_VARIANTS and name not in _APPROXIMATE and name != "shared_left_matrix":
         raise ValueError(f"unknown variant {name!r}; expected one of {_KNOWN}")
 
     torch.manual_seed(seed)  # module init draws from the default generator, as nn layers do
@@ -299,9 +305,10 @@ def make_variant(
         module = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True, device=device)
         layer = module
         return (lambda: layer(x, x, x, need_weights=False)[0]), [x, *module.parameters()]
-    mechanism, form = _MODULE_FORMS.get(name, (name, "plain"))
+    mechanism, form = _MODULE_FORMS.get(name, ("shared", "plain") if name == "shared_left_matrix" else (name, "plain"))
     head_split = "release" if form == "release" else "components"
-    module = QuaternionMultiheadAttention(embed_dim, num_heads, score=mechanism, head_split=head_split, batch_first=True, device=device)
+    layer_class = LeftMatrixAssembly if name == "shared_left_matrix" else QuaternionMultiheadAttention
+    module = layer_class(embed_dim, num_heads, score=mechanism, head_split=head_split, batch_first=True, device=device)
     qmha = module
     if get_mechanism(mechanism).causal_only:  # CogView's sparse attention is causal by construction
         return (lambda: qmha(x, x, x, need_weights=False, is_causal=True)[0]), [x, *module.parameters()]
@@ -431,7 +438,8 @@ def longest_sequence(
     device: str = "cpu",
     threads: int = 2,
 ) -> dict[str, Any]:
-    """Largest N (batch 1, forward) that fits under ``cap_bytes``, by doubling then bisection.
+    """Largest N (batch 1, forward) that fits under ``cap_bytes``, by doubling then bisection
+    (halving first when ``start`` itself does not fit).
 
     Each probe runs in a subprocess whose address space is limited to its size at start plus
     ``cap_bytes``: a variant that needs more fails there instead of taking the machine's memory.
@@ -441,6 +449,17 @@ def longest_sequence(
     probes: list[dict[str, Any]] = []
     good, bad, last_time = 0, None, None
     n = start
+    step = 64 if embed_dim >= 64 else 16
+    while True:  # a start that does not fit: halve until one does (or the step size does not)
+        result = _run_probe(variant, embed_dim, num_heads, 1, n, device, threads, cap_bytes=cap_bytes, timeout=max(60.0, 10 * time_limit_s))
+        probes.append({"length": n, **result})
+        if result["ok"]:
+            good, last_time, n = n, result["time_s"], n * 2
+            break
+        bad = n
+        if n // 2 < step:
+            return {"longest": 0, "limited_by": "memory", "first_failure": bad, "probes": probes}
+        n //= 2
     while bad is None:
         if last_time is not None and good and last_time * (n / good) ** 2 > time_limit_s:
             return {"longest": good, "limited_by": "time", "probes": probes}
@@ -450,9 +469,6 @@ def longest_sequence(
             good, last_time, n = n, result["time_s"], n * 2
         else:
             bad = n
-    if good == 0:
-        return {"longest": 0, "limited_by": "memory", "probes": probes}
-    step = 64 if embed_dim >= 64 else 16
     while bad - good > max(step, good // 16):  # bisection to ~6 %
         mid = (good + bad) // 2 // step * step
         result = _run_probe(
@@ -547,6 +563,42 @@ def profile_cell(
             {"operator": e.key, "self_us_per_call": e.self_cpu_time_total / calls, "calls_per_call": e.count / calls} for e in events[:top]
         ] + [{"operator": "(all operators)", "self_us_per_call": total / calls, "calls_per_call": sum(e.count for e in events) / calls}]
     return out
+
+
+# -- the assembly before this benchmark's parity work, as a named ablation -----------------------------
+
+
+class LeftMatrixAssembly(QuaternionMultiheadAttention):
+    """The shared layer assembling its weights as it did before :func:`~qattn.quaternion.left_matrices`:
+    ``left_matrix`` per projection (21 autograd nodes each), rows reordered head-major by a copy,
+    concatenated, the bias appended as a column and sliced off again. Same values and gradients
+    (bitwise, ``tests/test_left_matrices.py``); kept to measure what the one-node assembly saves."""
+
+    def _packed_qkv(self) -> tuple[Tensor, Tensor | None]:
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([self.head_major(left_matrix(*p.components()), 0) for p in projections])
+        bias = torch.cat([self.head_major(p.bias, 0) for p in projections])
+        packed = torch.cat([weight, bias[:, None]], dim=1)
+        return packed[:, :-1], packed[:, -1]
+
+    def _output_weight(self) -> Tensor:
+        return self.head_major(left_matrix(*self.out_proj.components()), 1)
+
+
+def assembly_ablation(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """``torch_mha``, ``shared`` and ``shared_left_matrix`` (:class:`LeftMatrixAssembly`) interleaved in
+    the cells of ``ablation_cells``, forward+backward: what the one-node assembly saves in training."""
+    rows = []
+    for e, b, n in cfg.ablation_cells:
+        result = time_variants(
+            ["torch_mha", "shared", "shared_left_matrix"], e, cfg.num_heads, b, n, True, cfg.warmup, cfg.grid_repeats,
+            cfg.device, cfg.seed, cfg.grid_min_time_s, cfg.max_repeats,
+        )  # fmt: skip
+        rows += [{"embed_dim": e, "batch": b, "length": n, "mode": "forward_backward", "variant": v, **st} for v, st in result.items()]
+        base = result["torch_mha"]["median_s"]
+        log(f"[bench] ablation E={e:3d} B={b:2d} N={n:5d}: shared {result['shared']['median_s'] / base:.2f}, "
+            f"left_matrix assembly {result['shared_left_matrix']['median_s'] / base:.2f} (× torch)")  # fmt: skip
+    return rows
 
 
 # -- quaternion layers against their real twins ------------------------------------------------------
@@ -752,6 +804,7 @@ def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print
         }
         for e, b, n, bw in (cfg.profile_cells if cfg.device == "cpu" else ())
     ]
+    ablation = assembly_ablation(cfg, log)
     layers = layer_comparison(cfg, log)
     mechanisms = mechanism_sweep(cfg, log)
 
@@ -785,6 +838,7 @@ def run(config: BenchConfig | dict[str, Any], log: Callable[[str], None] = print
         "achieved": achieved,
         "grid": grid_rows,
         "profiles": profiles,
+        "assembly_ablation": ablation,
         "layers": layers,
         "mechanisms": mechanisms,
         "headline": headline(timings, memory, longest) + grid_headline(grid_rows, layers),

@@ -222,7 +222,7 @@ class BenchConfig(ExperimentConfig):
     grid_lengths: tuple[int, ...] = (32, 128, 512, 2048, 8192)
     grid_max_work: int = 2**26  # forward cells with B·N² up to this (N = 8,192 at batch 1)
     grid_max_work_backward: int = 2**25  # forward+backward cells
-    grid_repeats: int = 3
+    grid_repeats: int = 5  # at least 5 samples per cell: a large cell gets few, and one slow one must not move its median
     grid_min_time_s: float = 0.2
     # quaternion layers vs their real twins: (kind, batch, channels, spatial size) per case
     layer_cases: tuple[tuple[str, int, int, int], ...] = (

@@ -85,6 +85,7 @@ __all__ = [
     "profile_cell",
     "LeftMatrixAssembly",
     "assembly_ablation",
+    "ABLATION_VARIANTS",
     "make_layer_pair",
     "layer_comparison",
     "fitted_exponent",
@@ -136,7 +137,9 @@ _FUSION_VARIANTS = ("multilinear", "multilinear_arf")
 MECHANISM_VARIANTS = ("sdpa", "shared", "hamilton", "hamilton_maps", *_APPROXIMATE, *_FUSION_VARIANTS)
 #: Compared cell by cell in the grid: torch's module, torch's fused call alone, the shared layer.
 GRID_VARIANTS = ("torch_mha", "sdpa", "shared")
-_KNOWN = tuple(dict.fromkeys(_ALL_VARIANTS + MECHANISM_VARIANTS + ("shared_left_matrix",)))
+#: The training ablation: both layers, the shared one with its old assembly, both with frozen weights.
+ABLATION_VARIANTS = ("torch_mha", "shared", "shared_left_matrix", "torch_mha_frozen", "shared_frozen")
+_KNOWN = tuple(dict.fromkeys(_ALL_VARIANTS + MECHANISM_VARIANTS + ABLATION_VARIANTS))
 _MULTILINEAR_RANK = 16  # rank r of the attention factors of the multi-linear variants (K = embed_dim)
 
 
@@ -288,6 +291,11 @@ def make_variant(
             return (lambda: _reference_core(q, k, v)), [q, k, v]
         core, need_weights = get_mechanism(mechanism).core, form == "maps"
         return (lambda: core(q, k, v, need_weights=need_weights)[0]), [q, k, v]
+    if name.endswith("_frozen"):  # the layer with its weights frozen: gradients for the input only
+        forward, leaves = make_variant(name.removesuffix("_frozen"), embed_dim, num_heads, batch, length, device, seed)
+        for t in leaves[1:]:
+            t.requires_grad_(False)
+        return forward, leaves[:1]
     if name == "sdpa":  # torch's fused attention alone, on ready (B, H, N, E/H) tensors
         q, k, v = (
             torch.randn(batch, num_heads, length, embed_dim // num_heads, generator=gen).to(device).requires_grad_() for _ in range(3)
@@ -587,17 +595,21 @@ class LeftMatrixAssembly(QuaternionMultiheadAttention):
 
 def assembly_ablation(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """``torch_mha``, ``shared`` and ``shared_left_matrix`` (:class:`LeftMatrixAssembly`) interleaved in
-    the cells of ``ablation_cells``, forward+backward: what the one-node assembly saves in training."""
+    the cells of ``ablation_cells``, forward+backward: what the one-node assembly saves in training;
+    and ``torch_mha_frozen`` / ``shared_frozen``, the two layers with their weights frozen (gradients
+    for the input only): what is left of the gap without the weights' gradient path."""
     rows = []
     for e, b, n in cfg.ablation_cells:
         result = time_variants(
-            ["torch_mha", "shared", "shared_left_matrix"], e, cfg.num_heads, b, n, True, cfg.warmup, cfg.grid_repeats,
+            list(ABLATION_VARIANTS), e, cfg.num_heads, b, n, True, cfg.warmup, cfg.grid_repeats,
             cfg.device, cfg.seed, cfg.grid_min_time_s, cfg.max_repeats,
         )  # fmt: skip
         rows += [{"embed_dim": e, "batch": b, "length": n, "mode": "forward_backward", "variant": v, **st} for v, st in result.items()]
         base = result["torch_mha"]["median_s"]
+        frozen = result["shared_frozen"]["median_s"] / result["torch_mha_frozen"]["median_s"]
+        old = result["shared_left_matrix"]["median_s"] / base
         log(f"[bench] ablation E={e:3d} B={b:2d} N={n:5d}: shared {result['shared']['median_s'] / base:.2f}, "
-            f"left_matrix assembly {result['shared_left_matrix']['median_s'] / base:.2f} (× torch)")  # fmt: skip
+            f"left_matrix assembly {old:.2f} (× torch); weights frozen {frozen:.2f}")  # fmt: skip
     return rows
 
 

@@ -192,7 +192,7 @@ class SpeechExperimentConfig(ExperimentConfig):
 
 
 def config_for(profile: str, seed: int = 0, **overrides: Any) -> SpeechExperimentConfig:
-    """The ``ci`` (about 2 minutes) or ``full`` (about 25 minutes on 2 cores) profile."""
+    """The ``ci`` (about a minute) or ``full`` (about 50 minutes on 2 cores) profile."""
     return SpeechExperimentConfig.for_profile(profile, seed, **overrides)
 
 

@@ -105,7 +105,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def loss_check(corpus: Any, valid: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dict[str, float]]:
+def loss_check(valid: tuple[torch.Tensor, torch.Tensor]) -> dict[str, dict[str, float]]:
     """The training loss's terms on the validation batch for outputs of known quality: the clean
     reference itself, the oracle ratio mask, spectral subtraction and the noisy input. The loss
     must fall as quality rises (its sign and scale, checked before any training)."""
@@ -213,7 +213,7 @@ def run(
         test = corpus.test
         n_test = len(test) if cfg.n_test is None else min(cfg.n_test, len(test))
         clean_test, noisy_test = test.clean[:n_test], test.noisy[:n_test]
-        metrics["loss_check"] = loss_check(corpus, valid)
+        metrics["loss_check"] = loss_check(valid)
         t0 = time.perf_counter()
         outcome = _run_jobs(cfg, log)
         metrics["wall_s"]["train_and_score"] = time.perf_counter() - t0

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qattn.book.harness.training import Collate, Split, TrainConfig, accuracy_stats, evaluate, time_inference, train_classifier
+from qattn.book.harness.training import Augment, Collate, Split, TrainConfig, accuracy_stats, evaluate, time_inference, train_classifier
 from qattn.book.models.blocks import QUATERNION_VARIANTS, count_parameters
 from qattn.metrics import divergence_by_layer
 
-__all__ = ["compare_variants", "Log"]
+__all__ = ["compare_variants", "train_one", "summarise_runs", "Log"]
 
 Log = Callable[[str], None]
 
@@ -35,10 +35,10 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def compare_variants(
+def train_one(
     build: Callable[[str, torch.Generator], nn.Module],
-    variants: Sequence[str],
-    seeds: Sequence[int],
+    variant: str,
+    seed: int,
     train: Split,
     val: Split,
     test: Split,
@@ -46,30 +46,19 @@ def compare_variants(
     probe: tuple[Tensor, ...],
     probe_query_mask: Tensor | None = None,
     collate: Collate | None = None,
-    timing_inputs: tuple[Tensor, ...] | None = None,
-    timing_rounds: int = 7,
     log: Log = _print,
-) -> tuple[dict[str, Any], dict[str, nn.Module]]:
-    """Train and evaluate every variant for every seed.
+    augment: Augment | None = None,
+) -> tuple[dict[str, Any], nn.Module]:
+    """Build ``variant`` from ``seed``, train it, test the selected checkpoint once.
 
-    Parameters
-    ----------
-    build : ``build(variant, generator)`` returns an initialised model
-    variants, seeds : what to train
-    train, val, test : the splits (test is evaluated once per trained model)
-    train_config : optimiser and schedule
-    probe : inputs of the probe batch for the divergence (validation examples)
-    probe_query_mask : (B, N) bool, True at query rows to leave out (padding)
-    collate : applied to every batch's inputs
-    timing_inputs : batch for the interleaved inference timing (default: ``probe``)
-    timing_rounds : rounds of the timing
-    log : progress lines
+    The model's initial values come from a generator seeded with ``seed``, its batch order from
+    another, its dropout masks from ``seed``: the same for every variant of that seed.
 
     Returns
     -------
-    (metrics, models): ``metrics`` with ``variants`` (per-variant summaries), ``runs`` (one per
-    variant and seed with its learning curve), ``divergence``, ``inference``; ``models`` are the
-    first seed's trained models (for attention examples).
+    (run, model): ``run`` with variant, seed, parameters, test accuracy and loss, best validation
+    accuracy and step, steps, training time per epoch, wall time, the selected model's component
+    divergence (quaternion variants) and the learning curve; ``model`` holds the selected checkpoint.
     """
     collate = collate if collate is not None else (lambda inputs: inputs)
 
@@ -77,52 +66,61 @@ def compare_variants(
         _, maps = model(*probe, need_weights=True)
         return {"divergence": divergence_by_layer(maps, probe_query_mask)}
 
-    runs: list[dict[str, Any]] = []
-    first_models: dict[str, nn.Module] = {}
-    for seed in seeds:
-        for variant in variants:
-            model = build(variant, torch.Generator().manual_seed(seed))
-            started = time.perf_counter()
-            log(f"[seed {seed}] {variant}: {count_parameters(model):,} parameters")
-            result = train_classifier(
-                model,
-                train,
-                val,
-                train_config,
-                generator=torch.Generator().manual_seed(seed),
-                collate=collate,
-                on_checkpoint=divergence_hook if variant in QUATERNION_VARIANTS else None,
-                log=log,
-                name=f"{variant} seed {seed}",
-                dropout_seed=seed,  # dropout masks: the same sequence for every variant
-            )
-            test_scores = evaluate(model, test, collate=collate)  # once, on the selected checkpoint
-            with torch.inference_mode():
-                final_divergence = divergence_hook(model)["divergence"] if variant in QUATERNION_VARIANTS else None
-            wall = time.perf_counter() - started
-            log(
-                f"[seed {seed}] {variant}: best val acc {result['best_val_accuracy']:.4f} at step "
-                f"{result['best_step']}/{result['steps']}, test acc {test_scores['accuracy']:.4f} ({wall:.0f} s)"
-            )
-            runs.append(
-                {
-                    "variant": variant,
-                    "seed": seed,
-                    "parameters": count_parameters(model),
-                    "test_accuracy": test_scores["accuracy"],
-                    "test_loss": test_scores["loss"],
-                    "best_val_accuracy": result["best_val_accuracy"],
-                    "best_step": result["best_step"],
-                    "steps": result["steps"],
-                    "epoch_time_s": result["epoch_time_s"],
-                    "wall_time_s": wall,
-                    "final_divergence": final_divergence,
-                    "history": result["history"],
-                }
-            )
-            if seed == seeds[0]:
-                first_models[variant] = model
+    model = build(variant, torch.Generator().manual_seed(seed))
+    started = time.perf_counter()
+    log(f"[seed {seed}] {variant}: {count_parameters(model):,} parameters")
+    result = train_classifier(
+        model,
+        train,
+        val,
+        train_config,
+        generator=torch.Generator().manual_seed(seed),
+        collate=collate,
+        on_checkpoint=divergence_hook if variant in QUATERNION_VARIANTS else None,
+        log=log,
+        name=f"{variant} seed {seed}",
+        dropout_seed=seed,  # dropout masks: the same sequence for every variant
+        augment=augment,
+    )
+    test_scores = evaluate(model, test, collate=collate)  # once, on the selected checkpoint
+    with torch.inference_mode():
+        final_divergence = divergence_hook(model)["divergence"] if variant in QUATERNION_VARIANTS else None
+    wall = time.perf_counter() - started
+    log(
+        f"[seed {seed}] {variant}: best val acc {result['best_val_accuracy']:.4f} at step "
+        f"{result['best_step']}/{result['steps']}, test acc {test_scores['accuracy']:.4f} ({wall:.0f} s)"
+    )
+    run = {
+        "variant": variant,
+        "seed": seed,
+        "parameters": count_parameters(model),
+        "test_accuracy": test_scores["accuracy"],
+        "test_loss": test_scores["loss"],
+        "best_val_accuracy": result["best_val_accuracy"],
+        "best_step": result["best_step"],
+        "steps": result["steps"],
+        "epoch_time_s": result["epoch_time_s"],
+        "wall_time_s": wall,
+        "final_divergence": final_divergence,
+        "history": result["history"],
+    }
+    return run, model
 
+
+def summarise_runs(
+    runs: Sequence[dict[str, Any]],
+    variants: Sequence[str],
+    first_models: dict[str, nn.Module],
+    timing_inputs: tuple[Tensor, ...],
+    timing_rounds: int = 7,
+    log: Log = _print,
+) -> dict[str, Any]:
+    """Per-variant summaries of :func:`train_one`'s ``runs`` and the interleaved inference timing
+    of ``first_models`` (one trained model per variant) on ``timing_inputs``.
+
+    Returns ``variants`` (per-variant summaries), ``runs``, ``divergence``, ``inference``.
+    """
+    runs = list(runs)
     summary: dict[str, Any] = {}
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
@@ -142,12 +140,64 @@ def compare_variants(
             "final_per_layer": [accuracy_stats(list(layer)) for layer in layers],
             "final_per_seed": per_seed,
         }
-    timing = time_inference(first_models, timing_inputs if timing_inputs is not None else probe, rounds=timing_rounds)
+    timing = time_inference(first_models, timing_inputs, rounds=timing_rounds)
     reference = timing.get("shared", next(iter(timing.values())))["seconds_per_batch"]
     inference = {
-        "batch_size": len((timing_inputs if timing_inputs is not None else probe)[0]),
+        "batch_size": len(timing_inputs[0]),
         "per_variant": timing,
         "time_ratio_vs_shared": {v: t["seconds_per_batch"] / reference for v, t in timing.items()},
     }
     log("inference time per batch: " + ", ".join(f"{v} {t['seconds_per_batch'] * 1e3:.1f} ms" for v, t in timing.items()))
-    return {"variants": summary, "runs": runs, "divergence": divergence, "inference": inference}, first_models
+    return {"variants": summary, "runs": runs, "divergence": divergence, "inference": inference}
+
+
+def compare_variants(
+    build: Callable[[str, torch.Generator], nn.Module],
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    train: Split,
+    val: Split,
+    test: Split,
+    train_config: TrainConfig,
+    probe: tuple[Tensor, ...],
+    probe_query_mask: Tensor | None = None,
+    collate: Collate | None = None,
+    timing_inputs: tuple[Tensor, ...] | None = None,
+    timing_rounds: int = 7,
+    log: Log = _print,
+    augment: Augment | None = None,
+) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    """Train and evaluate every variant for every seed in this process (:func:`train_one`, then
+    :func:`summarise_runs`).
+
+    Parameters
+    ----------
+    build : ``build(variant, generator)`` returns an initialised model
+    variants, seeds : what to train
+    train, val, test : the splits (test is evaluated once per trained model)
+    train_config : optimiser and schedule
+    probe : inputs of the probe batch for the divergence (validation examples)
+    probe_query_mask : (B, N) bool, True at query rows to leave out (padding)
+    collate : applied to every batch's inputs
+    timing_inputs : batch for the interleaved inference timing (default: ``probe``)
+    timing_rounds : rounds of the timing
+    log : progress lines
+    augment : random transformation of the training batches (see
+        :func:`~qattn.book.harness.training.train_classifier`); the same draws for every variant of a seed
+
+    Returns
+    -------
+    (metrics, models): ``metrics`` with ``variants`` (per-variant summaries), ``runs`` (one per
+    variant and seed with its learning curve), ``divergence``, ``inference``; ``models`` are the
+    first seed's trained models (for attention examples).
+    """
+    runs: list[dict[str, Any]] = []
+    first_models: dict[str, nn.Module] = {}
+    for seed in seeds:
+        for variant in variants:
+            run, model = train_one(build, variant, seed, train, val, test, train_config, probe, probe_query_mask, collate, log, augment)
+            runs.append(run)
+            if seed == seeds[0]:
+                first_models[variant] = model
+    metrics = summarise_runs(runs, variants, first_models, timing_inputs if timing_inputs is not None else probe, timing_rounds, log)
+    return metrics, first_models

@@ -39,6 +39,7 @@ __all__ = [
     "weighted_mean",
     "TrainConfig",
     "Split",
+    "Augment",
     "evaluate",
     "train_classifier",
     "time_inference",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 Collate = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
+#: ``augment(inputs, generator)``: a random transformation of a TRAINING batch's inputs, drawing
+#: only from ``generator``.
+Augment = Callable[[tuple[Tensor, ...], torch.Generator], tuple[Tensor, ...]]
 Decay = Literal["constant", "cosine"]
 
 
@@ -352,6 +356,7 @@ def train_classifier(
     log: Callable[[str], None] | None = None,
     name: str = "model",
     dropout_seed: int = 0,
+    augment: Augment | None = None,
 ) -> dict[str, Any]:
     """Train a classifier with :func:`fit`; keep the checkpoint with the best validation accuracy.
 
@@ -367,6 +372,9 @@ def train_classifier(
     log : receives one progress line per checkpoint
     name : used in the progress lines
     dropout_seed : seeds the dropout masks (see :func:`fit`)
+    augment : applied to every TRAINING batch's inputs (before ``collate``), never to validation;
+        its generator is seeded by one draw from ``generator`` before the first epoch (so every
+        variant trained with the same ``generator`` seed sees the same augmented batches)
 
     Returns
     -------
@@ -390,11 +398,18 @@ def train_classifier(
         dropout_seed=dropout_seed,
     )
 
+    augment_generator = None
+    if augment is not None:
+        augment_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+
     def batches() -> Iterator[tuple[tuple[Tensor, ...], Tensor]]:
         for _ in range(config.epochs):
             order = torch.randperm(len(train), generator=generator)
             for start in range(0, len(train), config.batch_size):
-                yield train.take(order[start : start + config.batch_size])
+                inputs, labels = train.take(order[start : start + config.batch_size])
+                if augment is not None:
+                    inputs = augment(inputs, augment_generator)
+                yield inputs, labels
 
     def loss_fn(model: nn.Module, batch: tuple[tuple[Tensor, ...], Tensor]) -> StepLoss:
         inputs, labels = batch

@@ -189,3 +189,31 @@ def test_object_regions_finds_the_asked_about_object_and_only_it():
         object_regions(_one_image_set(image, "is the green object on the left?", clevr_types))
     with pytest.raises(ValueError, match="names none of the colours"):
         object_regions(_one_image_set(image, "is the object on the left?", clevr_types))
+
+
+def test_worker_processes_and_the_region_feature_ablation():
+    """Runs in two single-threaded workers give exactly the runs made here on one thread, and the
+    ablation trains its variants again with the other region features, on the same seeds."""
+    tiny = dict(
+        easy_variants=[],
+        clevr_sizes=(24, 8, 8),
+        d=16,
+        channels=8,
+        seeds=(0, 1),
+        clevr_variants=["ban1", "unitary"],
+        clevr_ablation=["ban1"],
+        clevr_ablation_seeds=1,
+        threads=1,
+    )
+    here = vqa_exp.run(vqa_exp.config_for("ci", **tiny, workers=1), log=lambda line: None)
+    spawned = vqa_exp.run(vqa_exp.config_for("ci", **tiny, workers=2), log=lambda line: None)
+    a, b = here["sort_of_clevr"], spawned["sort_of_clevr"]
+    for v in ("ban1", "unitary"):
+        assert [r["curve"] for r in a["variants"][v]["runs"]] == [r["curve"] for r in b["variants"][v]["runs"]]
+        assert [r["seed"] for r in a["variants"][v]["runs"]] == [0, 1]
+    ablation = a["ablation"]
+    assert ablation["colour_means"] is True and list(ablation["variants"]) == ["ban1"]
+    (run,) = ablation["variants"]["ban1"]["runs"]
+    assert run["seed"] == 0 and run["curve"] == b["ablation"]["variants"]["ban1"]["runs"][0]["curve"]
+    assert run["curve"] != a["variants"]["ban1"]["runs"][0]["curve"]  # other features, other training
+    assert "examples" not in run  # the figures show the main runs only

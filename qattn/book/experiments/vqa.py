@@ -3,9 +3,10 @@
 Two data sets (see :mod:`qattn.book.data.vqa`): easy-VQA (a published small benchmark) and generated
 Sort-of-CLEVR scenes with relational questions. Every variant shares the trunk (CNN regions,
 GRU question states) and differs only in its attention head; all variants of a data set see the
-same data, seeds and budget. Training: Adam, batches of whole images with all their questions
-(the CNN runs once per image), gradient clipping, cross-entropy on the single answer (the BAN
-paper uses binary cross-entropy on VQA 2.0's soft scores; our answers are single labels). The
+same data, seeds and budget. Training: Adam (by default its learning rate decays to 0 on a
+cosine), batches of whole images with all their questions (the CNN runs once per image), gradient
+clipping, cross-entropy on the single answer (the BAN paper uses binary cross-entropy on VQA 2.0's
+soft scores; our answers are single labels). The
 checkpoint is chosen on validation accuracy; test accuracy is measured once, for that checkpoint.
 
 ``run(config)`` returns per data set and variant: test accuracy overall and per question type
@@ -14,7 +15,10 @@ entropy of each glimpse's joint map, the mean pairwise Jensen-Shannon divergence
 component maps of the Hamilton variant, the measured multiplications of the attention logits, and
 the learning curves, and the grounding of the attention: the share of each glimpse's attention on
 the regions that hold the object the question asks about (:func:`object_regions`), beside the
-share a uniform map would give.
+share a uniform map would give. Two controls on Sort-of-CLEVR: ``unitary_oracle``, whose attention
+is given (uniform over the asked-about object's regions, :data:`ORACLE_VARIANTS`), and a
+region-feature ablation (``clevr_ablation``: variants trained again with the cells' mean colour
+among their region features, or without it).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from qattn.book.data.vqa import RELATIONAL_TYPES, SORT_OF_CLEVR_COLOURS, VQASet,
 from qattn.book.harness.config import ExperimentConfig, choice
 from qattn.book.harness.timing import summary, time_interleaved
 from qattn.book.harness.training import LoopConfig, StepLoss, fit
+from qattn.book.harness.workers import Job, run_jobs
 from qattn.book.headline import headline
 from qattn.book.models.blocks import count_parameters
 from qattn.book.models.vqa import VQAConfig, VQAModel
@@ -46,11 +51,14 @@ from qattn.metrics import mean_pairwise_js
 __all__ = [
     "VARIANTS",
     "PAIRED_COMPARISONS",
+    "ORACLE_VARIANTS",
+    "oracle_weights",
     "VQAExperimentConfig",
     "config_for",
     "build_model",
     "paired_difference",
     "train_variant",
+    "variant_job",
     "run",
 ]
 
@@ -63,7 +71,13 @@ VARIANTS: dict[str, tuple[str, str, int]] = {
     "ban4": ("ban", "real", 4),
     "qban_shared": ("ban", "shared", 2),
     "qban_hamilton": ("ban", "hamilton", 2),
+    "unitary_oracle": ("unitary", "real", 1),
 }
+
+#: Controls, not attention mechanisms: the unitary model whose attention is GIVEN, uniform over the
+#: regions that hold the asked-about object (:func:`object_regions`), in training and testing. It
+#: separates "the trunk cannot answer" from "the attention does not find the object".
+ORACLE_VARIANTS = ("unitary_oracle",)
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,13 @@ class VQAExperimentConfig(ExperimentConfig):
     The profiles' ``seeds`` are offset by the seed given to :func:`config_for`; easy-VQA uses the
     first ``easy_seeds`` of them (its full training set makes a run several times longer), and
     Sort-of-CLEVR all of them (its orderings are judged on paired differences over seeds).
+
+    ``colour_means``: region features with the cells' mean colour in place of three CNN channels
+    (:class:`~qattn.book.models.vqa.RegionCNN`). ``clevr_ablation``: Sort-of-CLEVR variants trained
+    a second time, with the opposite region features, for the first ``clevr_ablation_seeds`` seeds
+    (same data, seeds and budget). ``decay``: the learning-rate schedule (constant, or cosine to
+    0). ``workers``: with more than 1, every run trains in its own single-threaded process,
+    ``workers`` side by side (:func:`variant_job`).
     """
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
@@ -83,7 +104,10 @@ class VQAExperimentConfig(ExperimentConfig):
             "easy_epochs": 1,
             "clevr_sizes": (120, 30, 30),
             "clevr_epochs": 1,
-            "clevr_variants": ("unitary", "coattention", "ban1", "ban2", "qban_shared", "qban_hamilton"),
+            "clevr_variants": ("unitary", "coattention", "ban1", "ban2", "qban_shared", "qban_hamilton", "unitary_oracle"),
+            "clevr_ablation": ("ban1",),
+            "clevr_ablation_seeds": 1,
+            "workers": 1,
         },
     }
 
@@ -94,14 +118,19 @@ class VQAExperimentConfig(ExperimentConfig):
     clevr_variants: tuple[str, ...] = choice(VARIANTS, tuple(VARIANTS))
     easy_limit_images: int | None = None
     easy_epochs: int = 10
-    clevr_sizes: tuple[int, int, int] = (1200, 200, 200)
-    clevr_epochs: int = 6
+    clevr_sizes: tuple[int, int, int] = (1600, 200, 200)
+    clevr_epochs: int = 8
+    clevr_ablation: tuple[str, ...] = choice(VARIANTS, ("ban2",))
+    clevr_ablation_seeds: int = 3
     images_per_batch: int = 32
     lr: float = 2e-3
+    decay: str = choice(("constant", "cosine"), "cosine")
     clip: float = 1.0
     d: int = 64
     channels: int = 32
+    colour_means: bool = False
     threads: int = 2
+    workers: int = 2
     data_seed: int = 0
 
     @classmethod
@@ -116,7 +145,9 @@ def config_for(profile: str, seed: int = 0, **overrides: Any) -> VQAExperimentCo
     return VQAExperimentConfig.for_profile(profile, seed, **overrides)
 
 
-def build_model(variant: str, data: VQASet, vocab_size: int, cfg: VQAExperimentConfig) -> VQAModel:
+def build_model(variant: str, data: VQASet, vocab_size: int, cfg: VQAExperimentConfig, colour_means: bool | None = None) -> VQAModel:
+    """The model of ``variant`` for ``data``; ``colour_means`` (None: ``cfg.colour_means``) selects
+    the region features (:class:`~qattn.book.models.vqa.RegionCNN`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
     head, score, glimpses = VARIANTS[variant]
@@ -131,6 +162,7 @@ def build_model(variant: str, data: VQASet, vocab_size: int, cfg: VQAExperimentC
             d_y=cfg.d,
             hidden=cfg.d,
             channels=cfg.channels,
+            colour_means=cfg.colour_means if colour_means is None else colour_means,
         )
     )
 
@@ -208,8 +240,17 @@ def _region_marginal(maps: Tensor, head: str) -> Tensor:
     return maps.sum(-2)
 
 
+def oracle_weights(data: VQASet) -> Tensor:
+    """``(n_questions, φ)`` attention weights of the oracle control: uniform over the regions that
+    hold the asked-about object (:func:`object_regions`), each row summing to 1."""
+    mask = torch.from_numpy(object_regions(data)).float()
+    return mask / mask.sum(-1, keepdim=True).clamp_min(1.0)
+
+
 @torch.no_grad()
-def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False) -> dict[str, Any]:
+def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False, oracle: Tensor | None = None) -> dict[str, Any]:
+    """Accuracy overall and per question type (and with ``collect_maps`` the maps' statistics);
+    ``oracle``: the questions' given region weights (:func:`oracle_weights`) for the oracle control."""
     model.eval()
     correct = np.zeros(len(data), dtype=bool)
     entropies: list[Tensor] = []
@@ -217,7 +258,7 @@ def _evaluate(model: VQAModel, data: VQASet, collect_maps: bool = False) -> dict
     shares: list[Tensor] = []
     regions = object_regions(data) if collect_maps else None
     for images, questions, local, answers, qids in _image_batches(data, 64, np.arange(len(data.images))):
-        logits, maps = model(images, questions, local)
+        logits, maps = model(images, questions, local, None if oracle is None else oracle[qids])
         correct[qids] = (logits.argmax(-1) == answers).numpy()
         if collect_maps:
             mask = torch.from_numpy(regions[qids]).to(maps.dtype)  # (B, φ)
@@ -255,22 +296,26 @@ def train_variant(
     seed: int,
     log: Callable[[str], None] = print,
     examples: list[int] | None = None,
+    colour_means: bool | None = None,
 ) -> dict[str, Any]:
-    """Train one variant with one seed (:func:`~qattn.book.harness.training.fit`: Adam, constant
-    learning rate, gradient clipping, validation after every epoch); select on validation; evaluate
+    """Train one variant with one seed (:func:`~qattn.book.harness.training.fit`: Adam, the
+    config's learning-rate schedule, gradient clipping, validation after every epoch); select on validation; evaluate
     the test split once.
 
     ``examples``: test question ids whose attention maps (and predicted answers) are returned.
+    ``colour_means``: the region features (None: ``cfg.colour_means``; see :func:`build_model`).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the initial values; the global RNG is left as it was
-        model = build_model(variant, train, vocab_size, cfg)
+        model = build_model(variant, train, vocab_size, cfg, colour_means)
+    given = {"train": oracle_weights(train), "val": oracle_weights(val), "test": oracle_weights(test)} if variant in ORACLE_VARIANTS else {}
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(train.images) / cfg.images_per_batch)
     loop = LoopConfig(
         steps=steps_per_epoch * epochs,
         lr=cfg.lr,
         optimizer="adam",
+        decay=cfg.decay,
         grad_clip=cfg.clip,
         validate_at=tuple(steps_per_epoch * (e + 1) for e in range(epochs)),
         steps_per_epoch=steps_per_epoch,
@@ -282,15 +327,15 @@ def train_variant(
             yield from _image_batches(train, cfg.images_per_batch, rng.permutation(len(train.images)))
 
     def loss_fn(model: VQAModel, batch: tuple) -> StepLoss:
-        images, questions, local, answers, _ = batch
-        logits, _ = model(images, questions, local)
+        images, questions, local, answers, qids = batch
+        logits, _ = model(images, questions, local, given["train"][qids] if given else None)
         return StepLoss(F.cross_entropy(logits, answers))
 
     result = fit(
         model,
         batches(),
         loss_fn,
-        lambda m: {"val_accuracy": _evaluate(m, val)["accuracy"]},
+        lambda m: {"val_accuracy": _evaluate(m, val, oracle=given.get("val"))["accuracy"]},
         loop,
         select="val_accuracy",
         log=log,
@@ -301,9 +346,9 @@ def train_variant(
         {"epoch": h["step"] // steps_per_epoch, "train_loss": h["train_loss"], "val_accuracy": h["val_accuracy"]} for h in result.history
     ]
     best_epoch = result.best_step // steps_per_epoch
-    out = _evaluate(model, test, collect_maps=True)
+    out = _evaluate(model, test, collect_maps=True, oracle=given.get("test"))
     if examples:
-        out["examples"] = _examples(model, test, examples)
+        out["examples"] = _examples(model, test, examples, given.get("test"))
     log(
         f"[vqa] {variant:14s} seed {seed}: val {result.best_score:.3f} (epoch {best_epoch}), "
         f"test {out['accuracy']:.3f}  ({result.wall_s:.0f} s)"
@@ -320,14 +365,17 @@ def train_variant(
 
 
 @torch.no_grad()
-def _examples(model: VQAModel, data: VQASet, qids: list[int]) -> list[dict[str, Any]]:
+def _examples(model: VQAModel, data: VQASet, qids: list[int], oracle: Tensor | None = None) -> list[dict[str, Any]]:
     """Attention maps of a few test questions, for the chapter's figures."""
     model.eval()
     out = []
     for q in qids:
         img = int(data.image_index[q])
         logits, maps = model(
-            torch.from_numpy(data.images[img : img + 1]), torch.from_numpy(data.questions[q : q + 1]), torch.zeros(1, dtype=torch.long)
+            torch.from_numpy(data.images[img : img + 1]),
+            torch.from_numpy(data.questions[q : q + 1]),
+            torch.zeros(1, dtype=torch.long),
+            None if oracle is None else oracle[q : q + 1],
         )
         n_tokens = int((data.questions[q] != 0).sum())
         out.append(
@@ -391,31 +439,87 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _load(cfg: VQAExperimentConfig, name: str) -> tuple[VQASet, VQASet, VQASet, Any]:
+    """``(train, val, test, vocabulary)`` of the data set ``name`` as ``cfg`` defines it."""
+    if name == "easy_vqa":
+        return load_easy_vqa(cfg.data_seed, limit_images=cfg.easy_limit_images)
+    if name == "sort_of_clevr":
+        return make_sort_of_clevr(*cfg.clevr_sizes, seed=cfg.data_seed)
+    raise ValueError(f"unknown data set {name!r}; expected 'easy_vqa' or 'sort_of_clevr'")
+
+
+def _plan(cfg: VQAExperimentConfig) -> dict[str, tuple[tuple[str, ...], int, tuple[int, ...]]]:
+    """Per data set: its variants, epochs and seeds."""
+    plan = {}
+    if cfg.easy_variants:
+        plan["easy_vqa"] = (cfg.easy_variants, cfg.easy_epochs, cfg.seeds[: cfg.easy_seeds])
+    if cfg.clevr_variants:
+        plan["sort_of_clevr"] = (cfg.clevr_variants, cfg.clevr_epochs, cfg.seeds)
+    return plan
+
+
+def variant_job(
+    config: dict[str, Any], name: str, variant: str, seed: int, examples: list[int] | None, colour_means: bool | None = None
+) -> dict[str, Any]:
+    """:func:`train_variant` in a worker process: loads the data set ``name`` itself (a pure
+    function of the config), trains ``variant`` with ``seed``, returns its run record."""
+    cfg = VQAExperimentConfig.coerce(config)
+    train, val, test, vocab = _load(cfg, name)
+    epochs = _plan(cfg)[name][1]
+    return train_variant(variant, train, val, test, len(vocab.words), cfg, epochs, seed, print, examples, colour_means)
+
+
+#: Relative training cost per image and epoch (the longest jobs start first in the worker pool).
+_COST = {"unitary": 0.4, "coattention": 0.45, "ban1": 0.7, "ban2": 1.0, "ban4": 1.75, "qban_shared": 1.1, "qban_hamilton": 4.4}
+
+
 def run(config: VQAExperimentConfig | Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole chapter; returns JSON-serialisable metrics (see the module docstring)."""
+    """Run the whole chapter; returns JSON-serialisable metrics (see the module docstring).
+
+    With ``workers`` > 1 every (data set, variant, seed) trains in its own single-threaded worker
+    process (:func:`variant_job`), ``workers`` side by side; the inference timing runs here.
+    """
     cfg = VQAExperimentConfig.coerce(config)
     torch.set_num_threads(cfg.threads)
-    datasets = {}
-    t0 = time.perf_counter()
     if not 1 <= cfg.easy_seeds:
         raise ValueError(f"easy_seeds must be at least 1, got {cfg.easy_seeds}")
-    if cfg.easy_variants:
-        easy = load_easy_vqa(cfg.data_seed, limit_images=cfg.easy_limit_images)
-        datasets["easy_vqa"] = (easy, cfg.easy_variants, cfg.easy_epochs, cfg.seeds[: cfg.easy_seeds])
-    if cfg.clevr_variants:
-        clevr = make_sort_of_clevr(*cfg.clevr_sizes, seed=cfg.data_seed)
-        datasets["sort_of_clevr"] = (clevr, cfg.clevr_variants, cfg.clevr_epochs, cfg.seeds)
+    t0 = time.perf_counter()
+    plan = _plan(cfg)
+    datasets = {name: _load(cfg, name) for name in plan}
     log(f"[vqa] data ready in {time.perf_counter() - t0:.0f} s")
+    examples = {name: _pick_examples(data[2], cfg.data_seed) for name, data in datasets.items()}
+    # (data set, variant, seed, region features: None = the config's, or the ablation's opposite)
+    keys = [(name, v, s, None) for name, (variants, _, seeds) in plan.items() for v in variants for s in seeds]
+    ablation = not cfg.colour_means
+    if "sort_of_clevr" in plan:
+        keys += [("sort_of_clevr", v, s, ablation) for v in cfg.clevr_ablation for s in cfg.seeds[: cfg.clevr_ablation_seeds]]
+
+    def shown(name: str, seed: int, features: bool | None) -> list[int] | None:
+        return examples[name] if seed == plan[name][2][0] and features is None else None
+
+    if cfg.workers == 1:
+        records = []
+        for name, v, s, features in keys:
+            train, val, test, vocab = datasets[name]
+            records.append(
+                train_variant(v, train, val, test, len(vocab.words), cfg, plan[name][1], s, log, shown(name, s, features), features)
+            )
+    else:
+        jobs = [
+            Job(
+                variant_job,
+                (cfg.to_dict(), name, v, s, shown(name, s, features), features),
+                _COST.get(v, 1.0) * plan[name][1] * len(datasets[name][0].images),
+                f"{name} {v} seed {s}" + ("" if features is None else f" (colour means: {features})"),
+            )
+            for name, v, s, features in keys
+        ]
+        records = run_jobs(jobs, cfg.workers, log=lambda line: log(f"[vqa] {line}"))
+    by_key = dict(zip(keys, records))
     metrics: dict[str, Any] = {}
-    for name, ((train, val, test, vocab), variants, epochs, seeds) in datasets.items():
-        examples = _pick_examples(test, cfg.data_seed)
-        runs = {
-            v: [
-                train_variant(v, train, val, test, len(vocab.words), cfg, epochs, s, log, examples if s == seeds[0] else None)
-                for s in seeds
-            ]
-            for v in variants
-        }
+    for name, (variants, _, seeds) in plan.items():
+        train, val, test, vocab = datasets[name]
+        runs = {v: [by_key[(name, v, s, None)] for s in seeds] for v in variants}
         timing = _time_inference(variants, test, len(vocab.words), cfg)
         metrics[name] = {
             "sizes": {
@@ -437,6 +541,16 @@ def run(config: VQAExperimentConfig | Mapping[str, Any], log: Callable[[str], No
                 for v in variants
             },
         }
+        ablated = [k for k in keys if k[0] == name and k[3] is not None]
+        if ablated:
+            metrics[name]["ablation"] = {
+                "colour_means": ablation,
+                "variants": {
+                    v: {**_summarise(mine), "runs": mine}
+                    for v in dict.fromkeys(k[1] for k in ablated)
+                    for mine in [[by_key[k] for k in ablated if k[1] == v]]
+                },
+            }
     metrics["headline"] = _headline(metrics)
     return metrics
 

@@ -50,22 +50,31 @@ class VQAConfig:
     hidden: int = 64
     embed: int = 32
     channels: int = 32
+    colour_means: bool = False
 
 
 class RegionCNN(nn.Module):
-    """``(B, 3, 64, 64)`` uint8 → ``(B, 64, d_y)`` region features (8×8 grid, last 2 = coordinates)."""
+    """``(B, 3, 64, 64)`` uint8 → ``(B, 64, d_y)`` region features (8×8 grid, last 2 = coordinates).
 
-    def __init__(self, d_y: int, channels: int) -> None:
+    With ``colour_means`` the three features before the coordinates are the region's mean red,
+    green and blue (scaled to [−1, 1]) instead of CNN channels: colour enters linearly.
+    """
+
+    def __init__(self, d_y: int, channels: int, colour_means: bool = False) -> None:
         super().__init__()
+        self.colour_means = colour_means
         layers: list[nn.Module] = []
-        widths = [3, channels, channels, d_y - 2]
+        widths = [3, channels, channels, d_y - 2 - (3 if colour_means else 0)]
         for c_in, c_out in zip(widths, widths[1:]):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = self.net(images.float() / 127.5 - 1.0)  # (B, d_y - 2, 8, 8)
+        pixels = images.float() / 127.5 - 1.0
+        x = self.net(pixels)  # (B, d_y - 2 [- 3], 8, 8)
         b, _, h, w = x.shape
+        if self.colour_means:
+            x = torch.cat((x, F.adaptive_avg_pool2d(pixels, (h, w))), 1)
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device), indexing="ij")
         coords = torch.stack((xs, ys)).expand(b, 2, h, w)
         return torch.cat((x, coords), 1).flatten(2).transpose(1, 2)
@@ -110,7 +119,7 @@ class VQAModel(nn.Module):
         if c.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {c.head!r}")
         self.config = c
-        self.cnn = RegionCNN(c.d_y, c.channels)
+        self.cnn = RegionCNN(c.d_y, c.channels, c.colour_means)
         self.question = QuestionEncoder(c.vocab_size, c.embed, c.d_x)
         if c.head == "ban":
             self.ban = BilinearAttentionNetwork(c.d_x, c.d_y, c.hidden, c.glimpses, score=c.score)
@@ -124,24 +133,36 @@ class VQAModel(nn.Module):
             fused = c.hidden
         self.classifier = nn.Sequential(nn.Linear(fused, 2 * c.hidden), nn.ReLU(), nn.Linear(2 * c.hidden, c.n_answers))
 
-    def _attend_regions(self, q: Tensor, per_image: Tensor, image_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Unitary attention of a question vector ``(B, d_x)`` over its image's regions ``(φ, d_y)``."""
+    def _attend_regions(self, q: Tensor, per_image: Tensor, image_index: Tensor, given: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Unitary attention of a question vector ``(B, d_x)`` over its image's regions ``(φ, d_y)``
+        (``given``: use these weights ``(B, φ)`` instead of the learned ones)."""
         # projected once per image; index_select because the backward of x[index] with repeated
         # indices is not deterministic on a multi-threaded CPU (index_select's is)
-        y_proj = F.relu(self.y_att(per_image)).index_select(0, image_index)
-        logits = self.att_p(F.relu(self.q_att(q))[:, None] * y_proj).squeeze(-1)
-        weights = torch.softmax(logits, -1)
+        if given is None:
+            y_proj = F.relu(self.y_att(per_image)).index_select(0, image_index)
+            logits = self.att_p(F.relu(self.q_att(q))[:, None] * y_proj).squeeze(-1)
+            weights = torch.softmax(logits, -1)
+        else:
+            weights = given
         return torch.einsum("bj,bjd->bd", weights, per_image.index_select(0, image_index)), weights
 
-    def forward(self, images: Tensor, questions: Tensor, image_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Answer logits ``(B_q, n_answers)`` and attention maps; ``image_index[i]`` is question i's image."""
+    def forward(
+        self, images: Tensor, questions: Tensor, image_index: Tensor, region_weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Answer logits ``(B_q, n_answers)`` and attention maps; ``image_index[i]`` is question i's image.
+
+        ``region_weights`` ``(B_q, φ)`` (unitary head only): attention weights over the regions to
+        use instead of the learned ones, e.g. an oracle's map on the asked-about object.
+        """
+        if region_weights is not None and self.config.head != "unitary":
+            raise ValueError(f"region_weights replace the unitary head's attention; this model's head is {self.config.head!r}")
         per_image = self.cnn(images)
         states, last, mask = self.question(questions)
         if self.config.head == "ban":
             joint, maps = self.ban(states, per_image, x_mask=mask, y_index=image_index)
             return self.classifier(joint), maps
         if self.config.head == "unitary":
-            v, maps = self._attend_regions(last, per_image, image_index)
+            v, maps = self._attend_regions(last, per_image, image_index, region_weights)
             return self.classifier(F.relu(self.q_out(last)) * F.relu(self.y_out(v))), maps
         # co-attention: words guided by the mean region, then regions guided by the attended question
         guide = per_image.mean(1).index_select(0, image_index)[:, None].expand(-1, states.shape[1], -1)

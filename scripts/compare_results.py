@@ -6,7 +6,8 @@
 A refactor must not change what a seeded run computes: this walks the ``metrics`` of every
 results JSON present in both folders and reports each leaf value that differs (floats compared
 exactly, not within a tolerance). Leaves whose key path names a measurement of the machine
-(time, speed, memory, real-time factor, throughput, the speed headlines) are skipped, and so are
+(time, speed, memory, real-time factor, throughput, the speed headlines, lengths where one timing
+overtakes another) are skipped, and so are
 the headline entries of kind ``ratio`` (timing ratios) or whose name says they come from the clock
 (time, speed, memory, real-time factor, throughput: e.g. a time exponent, a share of the forward
 time). Exit status 0 when nothing else differs.
@@ -29,7 +30,7 @@ from typing import Any
 #: Key-path fragments of measurements that depend on the machine and its load.
 MACHINE = re.compile(
     r"(time|_s$|_s\b|seconds_per|per_second|rtf|throughput|flops|memory|peak|bytes|wall|median|"
-    r"repeats|rounds|longest|limited_by|inference|timing|speed|ratio|reduction|attention_share|threads|"
+    r"repeats|rounds|longest|limited_by|inference|timing|speed|ratio|reduction|attention_share|threads|crossover|"
     r"probe_error|\bok\b|achieved|fraction|\bseconds\b|(?:^|\.)share(?:\.|$))",
     re.I,
 )
